@@ -1,0 +1,76 @@
+"""Long-tailed class-count profiles, shifted test priors by name, and the seeded per-class subset selection."""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+
+# Evaluation order of the test-agnostic protocol (METHODS.md §1.2).
+CIFAR_TEST_PRIORS = ["forward50", "forward25", "forward10", "forward5", "forward2", "uniform",
+                     "backward2", "backward5", "backward10", "backward25", "backward50"]
+IMAGENET_TEST_PRIORS = list(CIFAR_TEST_PRIORS)
+INAT_TEST_PRIORS = ["forward3", "forward2", "uniform", "backward2", "backward3"]
+
+_PRIOR_RE = re.compile(r"^(forward|backward)(\d+(?:\.\d+)?)$")
+
+
+def lt_class_counts(n_max: int, num_classes: int, imb_factor: float, imb_type: str = "exp",
+                    reverse: bool = False) -> list[int]:
+    """Per-class counts: exp gives floor(n_max * imb_factor ** (c / (C-1))), class 0 the head (tail if reverse)."""
+    if imb_type == "exp":
+        if num_classes == 1:
+            return [int(n_max)]
+        exponents = [(num_classes - 1 - c if reverse else c) / (num_classes - 1) for c in range(num_classes)]
+        return [int(n_max * imb_factor ** e) for e in exponents]
+    if imb_type == "step":
+        half = num_classes // 2
+        counts = [int(n_max)] * half + [int(n_max * imb_factor)] * half
+        counts += [int(n_max)] * (num_classes - len(counts))
+        return counts[::-1] if reverse else counts
+    if imb_type == "none":
+        return [int(n_max)] * num_classes
+    raise ValueError(f"unknown imbalance profile {imb_type!r}; valid: exp, step, none")
+
+
+def parse_test_prior(name: str) -> tuple[float, bool]:
+    """'forward50' -> (1/50, False), 'backward5' -> (1/5, True), 'uniform' -> (1.0, False)."""
+    if name == "uniform":
+        return 1.0, False
+    match = _PRIOR_RE.match(name)
+    if not match:
+        raise ValueError(f"unknown test prior {name!r}: use 'uniform', 'forwardK' or 'backwardK' (e.g. forward50)")
+    ratio = float(match.group(2))
+    if ratio < 1:
+        raise ValueError(f"test prior {name!r}: the imbalance ratio K must be >= 1")
+    return 1.0 / ratio, match.group(1) == "backward"
+
+
+def shifted_prior_counts(name: str, n_per_class: int, num_classes: int) -> list[int]:
+    """Per-class image counts of a shifted test set built from a balanced split with ``n_per_class`` images."""
+    factor, reverse = parse_test_prior(name)
+    return lt_class_counts(n_per_class, num_classes, factor, "exp", reverse)
+
+
+def select_per_class(targets: Sequence[int] | np.ndarray, counts: Sequence[int], seed: int = 0) -> np.ndarray:
+    """Indices of a class-sorted subset: per class, shuffle its indices (NumPy RandomState(seed)) and keep counts[c].
+
+    This reproduces the reference selection exactly (it reseeds the global RNG with the same seed) without
+    touching the global NumPy RNG.
+    """
+    targets = np.asarray(targets)
+    rng = np.random.RandomState(seed)
+    chosen = []
+    for cls, count in enumerate(counts):
+        idx = np.where(targets == cls)[0]
+        if count > len(idx):
+            raise ValueError(f"class {cls} has {len(idx)} images but the profile asks for {count}")
+        rng.shuffle(idx)
+        chosen.append(idx[:count])
+    return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def prior_from_counts(counts: Sequence[int]) -> np.ndarray:
+    """Normalised class prior q_c = m_c / sum_j m_j."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return counts / counts.sum()

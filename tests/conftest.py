@@ -1,0 +1,124 @@
+"""Shared fixtures: tiny data sets written in the official on-disk formats, and tiny configs."""
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def class_images(num_classes: int, per_class: int, seed: int, shape: tuple[int, ...] = (3, 32, 32)) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose mean brightness encodes the class (learnable), labels interleaved like the real files."""
+    rng = np.random.RandomState(seed)
+    labels = np.tile(np.arange(num_classes), per_class)
+    rng.shuffle(labels)
+    base = (labels * (200 // max(num_classes - 1, 1)) + 20)[:, None]
+    noise = rng.randint(-20, 21, size=(len(labels), int(np.prod(shape))))
+    images = np.clip(base + noise, 0, 255).astype(np.uint8)
+    return images.reshape(len(labels), *shape), labels
+
+
+def write_cifar(root: Path, num_classes: int, train_per_class: int, test_per_class: int, seed: int = 0) -> Path:
+    """Write CIFAR-10 (5 train batches + test_batch + batches.meta) or CIFAR-100 (train/test/meta) python pickles."""
+    train_x, train_y = class_images(num_classes, train_per_class, seed)
+    test_x, test_y = class_images(num_classes, test_per_class, seed + 1)
+    names = [f"class{i}" for i in range(num_classes)]
+    if num_classes == 10:
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for i, (xs, ys) in enumerate(zip(np.array_split(train_x, 5), np.array_split(train_y, 5)), start=1):
+            with open(folder / f"data_batch_{i}", "wb") as f:
+                pickle.dump({"data": xs.reshape(len(xs), -1), "labels": ys.tolist()}, f)
+        with open(folder / "test_batch", "wb") as f:
+            pickle.dump({"data": test_x.reshape(len(test_x), -1), "labels": test_y.tolist()}, f)
+        with open(folder / "batches.meta", "wb") as f:
+            pickle.dump({"label_names": names}, f)
+    else:
+        folder = root / "cifar-100-python"
+        folder.mkdir(parents=True)
+        for split, xs, ys in (("train", train_x, train_y), ("test", test_x, test_y)):
+            with open(folder / split, "wb") as f:
+                pickle.dump({"data": xs.reshape(len(xs), -1), "fine_labels": ys.tolist()}, f)
+        with open(folder / "meta", "wb") as f:
+            pickle.dump({"fine_label_names": names}, f)
+    return root
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array in the idx format."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_fmnist(root: Path, train_per_class: int, test_per_class: int, gz: bool = True) -> Path:
+    """Write the four Fashion-MNIST idx files (gzipped like the official release, or raw)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, per_class, seed in (("train", train_per_class, 3), ("t10k", test_per_class, 4)):
+        images, labels = class_images(10, per_class, seed, (28, 28))
+        for name, array in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+            data = idx_bytes(array)
+            if gz:
+                (root / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (root / name).write_bytes(data)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CIFAR-10 in the official python-pickle layout: 60 train / 20 test images per class."""
+    return write_cifar(tmp_path_factory.mktemp("cifar10"), 10, 60, 20)
+
+
+@pytest.fixture(scope="session")
+def cifar100_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CIFAR-100 in the official layout: 20 train / 10 test images per class."""
+    return write_cifar(tmp_path_factory.mktemp("cifar100"), 100, 20, 10)
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny gzipped Fashion-MNIST idx files: 60 train / 20 test images per class."""
+    return write_fmnist(tmp_path_factory.mktemp("fmnist"), 60, 20)
+
+
+def tiny_config(data_dir: Path, save_dir: Path, dataset: str = "cifar10_lt", epochs: int = 2, **overrides: Any) -> dict[str, Any]:
+    """A fast BalPoE config on tiny data (ResNet-8, width 4, 3 experts, mixup)."""
+    config = {
+        "name": "tiny_balpoe",
+        "seed": 1,
+        "arch": {"type": "resnet_cifar", "args": {"depth": 8, "stem_width": 4, "num_experts": 3}},
+        "data_loader": {"type": dataset, "args": {"data_dir": str(data_dir), "imb_factor": 0.1, "batch_size": 32,
+                                                  "download": False,
+                                                  "augment": {"type": "standard", "args": {"padding": 2, "flip": True, "rotation": 10}}}},
+        "loss": {"type": "balpoe", "args": {"tau_list": [0, 1, 2]}, "tau_min": 0, "tau_max": 2},
+        "optimizer": {"type": "sgd", "args": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True}},
+        "lr_scheduler": {"type": "warmup_step", "args": {"step1": 3, "step2": 4, "gamma": 0.1, "warmup_epoch": 1}},
+        "combiner": {"type": "mixup", "args": {"alpha": 0.4}},
+        "trainer": {"epochs": epochs, "save_dir": str(save_dir), "save_period": 1, "val_period": 1, "tensorboard": False},
+        "evaluation": {"many_threshold": 40, "few_threshold": 15, "test_batch_size": 64},
+    }
+    for key, value in overrides.items():
+        node = config
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return copy.deepcopy(config)
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    """Write a config dict as JSON."""
+    path.write_text(json.dumps(config, indent=2))
+    return path

@@ -1,0 +1,95 @@
+"""Config loading, overrides, tau_list resolution, clear errors, and every shipped config builds."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.build import build_without_data
+from trainer.cli import apply_overrides, build_parser, train_main
+from utils.config import expand_tau_list, load_json, resolve_config, set_by_path
+from utils.registry import ConfigError, Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.json"))
+
+
+def test_tau_limits_and_uniform_spacing():
+    assert expand_tau_list("limits", 3, 0, 2) == [0, 1, 2]
+    assert expand_tau_list("limits", 7, 0, 2) == pytest.approx([0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2])
+    assert expand_tau_list("limits", 1, 0, 2) == [1.0]
+    assert expand_tau_list("uniform", 3, 0, 2) == pytest.approx([1 / 3, 1, 5 / 3])
+    assert expand_tau_list("0;1;2", 3, None, None) == [0, 1, 2]
+    assert expand_tau_list("0,1.5,3", 3, None, None) == [0, 1.5, 3]
+    with pytest.raises(ConfigError, match="num_experts is 2"):
+        expand_tau_list([0, 1, 2], 2, None, None)
+    with pytest.raises(ConfigError, match="tau_min"):
+        expand_tau_list("limits", 3, None, None)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "configs")) for p in CONFIGS])
+def test_every_shipped_config_loads_builds_and_runs_a_step(path):
+    config = resolve_config(load_json(path))
+    assert config["name"], "every config needs a name"
+    built = build_without_data(config)
+    model = built["model"]
+    x = torch.randn(2, *built["image_shape"])
+    out = model(x)
+    loss = built["criterion"](out["logits"], torch.tensor([0, 1])).total
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_cli_overrides_and_num_experts_with_limits():
+    config = load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json")
+    args = build_parser().parse_args(["--num_experts", "7", "--tau_list", "limits", "--set", "combiner.args.alpha=0.2",
+                                      "--epochs", "3", "--lr", "0.05"])
+    resolved = resolve_config(apply_overrides(config, args))
+    assert resolved["loss"]["args"]["tau_list"] == pytest.approx([0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2])
+    assert resolved["combiner"]["args"]["alpha"] == 0.2 and resolved["trainer"]["epochs"] == 3
+    assert resolved["optimizer"]["args"]["lr"] == 0.05
+    assert build_without_data(resolved)["model"].num_experts == 7
+
+
+def test_unknown_type_lists_valid_names():
+    config = resolve_config(load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
+    config["loss"]["type"] = "balpoee"
+    with pytest.raises(ConfigError) as info:
+        build_without_data(config)
+    assert "unknown loss 'balpoee' at 'loss.type'" in str(info.value) and "Did you mean 'balpoe'" in str(info.value)
+    assert "ce" in str(info.value) and "balanced_softmax" in str(info.value)
+
+
+def test_unknown_key_and_wrong_type_name_the_key():
+    config = resolve_config(load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
+    config["arch"]["args"]["num_expert"] = 3
+    with pytest.raises(ConfigError, match=r"unknown key 'arch.args.num_expert'.*Did you mean 'num_experts'"):
+        build_without_data(config)
+    config = resolve_config(load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
+    config["optimizer"]["args"]["lr"] = "fast"
+    with pytest.raises(ConfigError, match=r"'optimizer.args.lr' must be of type float, got 'fast'"):
+        build_without_data(config)
+    with pytest.raises(ConfigError, match="unknown top-level"):
+        resolve_config({**load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json"), "trainr": {}})
+    with pytest.raises(ConfigError, match="trainer.epochs"):
+        set_by_path(load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json"), "trainer.epochs", "many")
+
+
+def test_train_cli_reports_config_errors_without_traceback(tmp_path, capsys):
+    bad = json.loads((ROOT / "configs/cifar100_ir100/balpoe_standard.json").read_text())
+    bad["data_loader"]["args"]["batch_size"] = "big"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    assert train_main(["-c", str(path), "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    assert "data_loader.args.batch_size" in err and "Traceback" not in err
+    assert train_main(["-c", str(tmp_path / "missing.json")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_registry_rejects_duplicates():
+    reg = Registry("thing")
+    reg.register("a")(lambda: 1)
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("a")(lambda: 2)

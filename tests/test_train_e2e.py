@@ -1,0 +1,141 @@
+"""End to end on tiny data in the real formats: train -> checkpoints -> test / test_all -> tables; exact resume."""
+import csv
+import json
+import signal
+import warnings
+
+import pytest
+import torch
+
+from conftest import tiny_config, write_config
+from trainer.cli import train_main
+from trainer.evaluate import priors_main, uniform_main
+from trainer.optim import warmup_step_factor
+from utils.checkpoint import load_checkpoint
+from utils.config import resolve_config
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official release")
+
+
+def run_dirs(save_dir):
+    return sorted(p for p in (save_dir / "tiny_balpoe").iterdir() if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def trained(cifar10_dir, tmp_path_factory):
+    """Two 2-epoch runs (seeds 1 and 2) of the tiny BalPoE config."""
+    save_dir = tmp_path_factory.mktemp("saved")
+    config = write_config(save_dir / "tiny.json", tiny_config(cifar10_dir, save_dir))
+    for seed in (1, 2):
+        assert train_main(["-c", str(config), "--seed", str(seed), "-d", "cpu", "--quiet"]) == 0
+    return save_dir
+
+
+def test_run_directory_layout(trained):
+    dirs = run_dirs(trained)
+    assert [d.name.split("-")[0] for d in dirs] == ["seed1", "seed2"]
+    files = {p.name for p in dirs[0].iterdir()}
+    assert {"config.json", "last.pth", "checkpoint-epoch1.pth", "checkpoint-epoch2.pth", "train.log", "history.csv"} <= files
+    saved = json.loads((dirs[0] / "config.json").read_text())
+    assert saved["loss"]["args"]["tau_list"] == [0.0, 1.0, 2.0] and saved["seed"] == 1
+    state = load_checkpoint(dirs[0] / "last.pth")
+    assert state["epoch"] == 2 and state["step"] == 0 and state["config"]["name"] == "tiny_balpoe"
+    assert state["lr_scheduler"]["last_epoch"] == 2 and "torch" in state["rng"]
+    log = (dirs[0] / "train.log").read_text()
+    assert "epoch 2/2" in log and "img/s" in log and "val" in log
+
+
+def test_test_py_single_and_multi(trained, tmp_path, capsys):
+    dirs = run_dirs(trained)
+    assert uniform_main(["-r", str(dirs[0] / "last.pth"), "-d", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "ece" in out and "expert2" in out and "seed1" in out
+    assert uniform_main(["-r", str(trained / "tiny_balpoe" / "seed*" / "last.pth"), "-d", "cpu", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mean" in out and "std" in out
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["seed"] for r in rows] == ["1", "2"] and all(r["prior"] == "uniform" for r in rows)
+    mean_row = [line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| mean")][0]
+    expected = (float(rows[0]["all"]) + float(rows[1]["all"])) / 2
+    assert f"{expected:.2f}" in mean_row
+
+
+def test_test_all_tables_csv_and_plot(trained, tmp_path, capsys):
+    dirs = run_dirs(trained)
+    code = priors_main(["forward5", "uniform", "backward5"],
+                         ["-r", str(dirs[0]), str(dirs[1]), "-d", "cpu", "--posthoc_bias_correction", "--out", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "all accuracy (%) with posthoc bias correction" in out
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert len(rows) == 2 * 3 * 2  # checkpoints x priors x (plain, corrected)
+    assert {"checkpoint", "seed", "prior", "many", "medium", "few", "all"} <= set(rows[0])
+    uniform = [r for r in rows if r["prior"] == "uniform"]
+    assert len({r["all"] for r in uniform if r["seed"] == "1"}) == 1  # correction is a no-op on the uniform prior
+    assert (tmp_path / "results.tex").read_text().count(r"\begin{tabular}") == 8
+    assert (tmp_path / "accuracy_vs_prior.png").stat().st_size > 1000
+
+
+def test_evaluation_matches_training_validation(trained, capsys):
+    """test.py on the last checkpoint reproduces the accuracy logged after the last epoch."""
+    run = run_dirs(trained)[0]
+    history = list(csv.DictReader((run / "history.csv").open()))
+    assert uniform_main(["-r", str(run / "last.pth"), "-d", "cpu"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1].split()
+    assert float(line[4]) == pytest.approx(float(history[-1]["val_accuracy"]), abs=1e-3)
+
+
+def _final_weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_interrupt_then_resume_equals_uninterrupted(cifar10_dir, tmp_path):
+    config = write_config(tmp_path / "c.json", tiny_config(cifar10_dir, tmp_path / "a", epochs=3))
+    assert train_main(["-c", str(config), "-d", "cpu", "--quiet"]) == 0
+    reference = run_dirs(tmp_path / "a")[0] / "last.pth"
+
+    import trainer.trainer as trainer_module
+
+    original = trainer_module.Trainer.__init__
+
+    def init_with_interrupt(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.callbacks.append(lambda tr, epoch, step: signal.raise_signal(signal.SIGINT) if (epoch, step) == (2, 1) else None)
+
+    trainer_module.Trainer.__init__ = init_with_interrupt
+    try:
+        code = train_main(["-c", str(config), "-d", "cpu", "--quiet", "--save_dir", str(tmp_path / "b")])
+    finally:
+        trainer_module.Trainer.__init__ = original
+    assert code == 130
+    interrupted = run_dirs(tmp_path / "b")[0] / "last.pth"
+    state = load_checkpoint(interrupted)
+    assert (state["epoch"], state["step"]) == (1, 2)  # one full epoch + 2 batches of epoch 2
+    assert train_main(["-r", str(interrupted), "-d", "cpu", "--quiet"]) == 0
+    resumed, expected = _final_weights(interrupted), _final_weights(reference)
+    assert resumed.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(resumed[key], expected[key]), key
+
+
+def test_same_seed_same_result_different_seed_differs(cifar10_dir, tmp_path):
+    config = write_config(tmp_path / "c.json", tiny_config(cifar10_dir, tmp_path, epochs=1))
+    for _ in range(2):
+        assert train_main(["-c", str(config), "-d", "cpu", "--quiet", "--seed", "3"]) == 0
+    assert train_main(["-c", str(config), "-d", "cpu", "--quiet", "--seed", "4"]) == 0
+    a, b, c = [_final_weights(d / "last.pth") for d in run_dirs(tmp_path)]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_dry_run_prints_groups_params_macs(cifar10_dir, tmp_path, capsys):
+    config = write_config(tmp_path / "c.json", tiny_config(cifar10_dir, tmp_path))
+    assert train_main(["-c", str(config), "--dry_run", "-d", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "many" in out and "few" in out and "parameters:" in out and "MACs/image" in out
+    assert not (tmp_path / "tiny_balpoe").exists()  # nothing written
+
+
+def test_reference_custom_lr_values():
+    lrs = [0.1 * warmup_step_factor(t - 1, 160, 180, 0.1, 5) for t in (1, 2, 3, 4, 5, 6, 160, 161, 180, 181, 200)]
+    assert lrs == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001])

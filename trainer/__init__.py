@@ -1,0 +1,1 @@
+"""Training loop, combiners, evaluation and the command-line entry points."""

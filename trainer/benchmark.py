@@ -1,0 +1,96 @@
+"""Throughput benchmark of a config: steady-state training and evaluation images/s and peak memory."""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from typing import Any, Sequence
+
+import torch
+
+from data_loader.datasets import DataNotFoundError, synthetic_dataset
+from data_loader.factory import DataBundle, build_data, split_loader_args
+from data_loader.augment import AUGMENTS
+from data_loader.loader import BatchLoader
+from trainer.build import resolve_device
+from trainer.cli import apply_overrides
+from trainer.evaluator import collect_logits
+from trainer.trainer import Trainer
+from utils.config import load_json, resolve_config
+
+
+def synthetic_bundle(config: dict[str, Any], device: torch.device) -> DataBundle:
+    """Random images with the configured data set's shape and LT counts (no files needed)."""
+    name = config["data_loader"]["type"]
+    dataset_args, loader_args = split_loader_args(config["data_loader"])
+    train = synthetic_dataset(name, "train", dataset_args.get("imb_factor", 0.01)).to(device)
+    test = synthetic_dataset(name, "test", seed=1).to(device)
+    channels_last = config["trainer"]["channels_last"]
+    augment = AUGMENTS.build(loader_args.get("augment", "standard"), "data_loader.args.augment")
+    return DataBundle(train, test,
+                      BatchLoader(train, loader_args.get("batch_size", 128), "random", augment, config["seed"], False, channels_last),
+                      BatchLoader(test, config["evaluation"]["test_batch_size"], "sequential", None, 0, False, channels_last))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated (CUDA) or peak resident set size of this process (CPU), in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_benchmark(config: dict[str, Any], device: torch.device, steps: int, warmup: int, eval_batches: int,
+                  synthetic: bool) -> dict[str, float]:
+    """Time ``steps`` training steps after ``warmup`` steps, and ``eval_batches`` evaluation batches."""
+    data = None
+    if not synthetic:
+        try:
+            data = build_data(config, device)
+        except DataNotFoundError as exc:
+            print(f"note: {str(exc).splitlines()[0][:120]}... -> using synthetic data of the same shape", file=sys.stderr)
+    data = data or synthetic_bundle(config, device)
+    trainer = Trainer(config, device, None, None, quiet=True, data=data)
+    loader = data.train_loader
+    loader.limit_batches = warmup
+    trainer.train_epoch(1)
+    loader.limit_batches = steps
+    train = trainer.train_epoch(2)
+    test_loader = data.test_loader
+    n_eval = min(len(data.test_set), eval_batches * test_loader.batch_size)
+    subset = BatchLoader(type(data.test_set)(data.test_set.images[:n_eval], data.test_set.targets[:n_eval],
+                                             data.test_set.num_classes, data.test_set.mean, data.test_set.std, "bench"),
+                         test_loader.batch_size, "sequential", None, 0, False, test_loader.channels_last)
+    collect_logits(trainer.model, subset, trainer.amp)  # warm-up
+    start = time.perf_counter()
+    collect_logits(trainer.model, subset, trainer.amp)
+    eval_rate = n_eval / (time.perf_counter() - start)
+    return {"train_images_per_s": train["images_per_s"], "eval_images_per_s": eval_rate,
+            "train_epoch_s_estimate": len(data.train_set) / train["images_per_s"], "peak_memory_mib": peak_memory_mb(device)}
+
+
+def benchmark_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m utils.benchmark``."""
+    p = argparse.ArgumentParser(description="Measure training/evaluation throughput of a config.")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("-d", "--device")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps (after warm-up)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps")
+    p.add_argument("--eval_batches", type=int, default=10)
+    p.add_argument("--synthetic", action="store_true", help="random data of the configured shape instead of the files")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = resolve_config(apply_overrides(load_json(args.config), argparse.Namespace(set=args.set)))
+    device = resolve_device(args.device)
+    result = run_benchmark(config, device, args.steps, args.warmup, args.eval_batches, args.synthetic)
+    speed = {k: config["trainer"][k] for k in ("channels_last", "amp", "compile")}
+    speed["batched_experts"] = config["arch"].get("args", {}).get("batched_experts", False)
+    print(f"config: {args.config}  device: {device}  threads: {torch.get_num_threads()}  batch: "
+          f"{config['data_loader']['args'].get('batch_size')}  switches: {speed}")
+    print(f"train: {result['train_images_per_s']:.1f} images/s  (epoch of the training set ~ {result['train_epoch_s_estimate']:.1f} s)")
+    print(f"eval:  {result['eval_images_per_s']:.1f} images/s")
+    print(f"peak memory: {result['peak_memory_mib']:.0f} MiB")
+    return 0

@@ -1,0 +1,85 @@
+"""Build every training object from a resolved config by registered name (shared by train, test and benchmark)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+import data_loader  # noqa: F401  (registers data sets, samplers, augmentations)
+import model  # noqa: F401  (registers architectures and losses)
+from model.registry import LOSSES, MODELS
+from trainer.combiner import COMBINERS, Combiner
+from trainer.optim import OPTIMIZERS, SCHEDULERS
+from utils.registry import ConfigError
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:1' or a GPU list '0,1' (sets CUDA_VISIBLE_DEVICES); default: GPU when available."""
+    if device and all(part.strip().isdigit() for part in device.split(",")):
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+        device = "cuda"
+    if not device:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but no CUDA GPU is visible; use -d cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"-d/--device {device!r} is not a device: use cpu, cuda, cuda:N or a GPU list like 0,1") from None
+
+
+def build_model(config: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
+    """The configured architecture; class count and input channels come from the data set."""
+    return MODELS.build(config["arch"], "arch", num_classes=num_classes, in_channels=in_channels)
+
+
+def num_experts_of(model: nn.Module) -> int:
+    """Number of experts of a (possibly wrapped) model."""
+    return int(getattr(getattr(model, "module", model), "num_experts", 1))
+
+
+def build_criterion(config: dict[str, Any], cls_num_list: Sequence[int], num_experts: int) -> nn.Module:
+    """The configured loss; class counts come from the training set, the expert count from the model."""
+    return LOSSES.build(config["loss"], "loss", cls_num_list=list(cls_num_list), num_experts=num_experts)
+
+
+def build_optimizer(config: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer over all trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return OPTIMIZERS.build(config["optimizer"], "optimizer", params=params)
+
+
+def build_scheduler(config: dict[str, Any], optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """The configured per-epoch LR schedule (constant when the config has none)."""
+    return SCHEDULERS.build(config.get("lr_scheduler", "constant"), "lr_scheduler", optimizer=optimizer)
+
+
+def build_combiner(config: dict[str, Any], epoch: int | None = None) -> Combiner:
+    """The configured combiner; from ``finetuning_combiner.initial_epoch`` on, plain training without mixing."""
+    finetune = config.get("finetuning_combiner")
+    if finetune is not None and epoch is not None and epoch >= int(finetune.get("initial_epoch", 10**9)):
+        return COMBINERS.build("default", "finetuning_combiner")
+    return COMBINERS.build(config.get("combiner", "default"), "combiner")
+
+
+def build_without_data(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate a resolved config and build every object from the data set's registered shape (no files needed)."""
+    from data_loader.augment import AUGMENTS
+    from data_loader.datasets import DATASETS
+    from data_loader.factory import split_loader_args
+    from data_loader.profiles import lt_class_counts
+
+    dataset_args, loader_args = split_loader_args(config["data_loader"])
+    name = config["data_loader"].get("type")
+    DATASETS.get(name, where="data_loader.type")
+    DATASETS.validate_args(name, dataset_args, "data_loader.args", code_supplied={"split"})
+    info = DATASETS.get(name).info
+    counts = lt_class_counts(info["train_per_class"], info["num_classes"], dataset_args.get("imb_factor", 0.01))
+    model = build_model(config, info["num_classes"], info["image_shape"][0])
+    criterion = build_criterion(config, counts, num_experts_of(model))
+    optimizer = build_optimizer(config, model)
+    return {"model": model, "criterion": criterion, "optimizer": optimizer, "scheduler": build_scheduler(config, optimizer),
+            "combiner": build_combiner(config), "augment": AUGMENTS.build(loader_args.get("augment", "standard"), "data_loader.args.augment"),
+            "image_shape": info["image_shape"], "cls_num_list": counts}

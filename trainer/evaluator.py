@@ -1,0 +1,81 @@
+"""Evaluation: expert logits computed once per checkpoint, then every test prior is an index subset of them."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data_loader.loader import BatchLoader
+from utils.metrics import accuracy_report, brier_score, calibration_errors, negative_log_likelihood, shot_masks
+
+
+def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """torch.autocast for 'bf16' / 'fp16', a no-op context for 'off'."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.inference_mode()
+def collect_logits(model: nn.Module, loader: BatchLoader, amp: str = "off") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-expert logits (N, E, C) as float32 on the CPU and the targets (N,), in one pass over ``loader``."""
+    model.eval()
+    chunks, targets = [], []
+    device = loader.dataset.images.device
+    for images, target in loader.batches(0):
+        with autocast_context(device, amp):
+            out = model(images)
+        chunks.append(out["logits"].float())
+        targets.append(target)
+    return torch.cat(chunks).cpu(), torch.cat(targets).cpu()
+
+
+def masks_for(cls_num_list: Sequence[int], evaluation: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Many/medium/few class masks from training counts and the configured thresholds."""
+    return shot_masks(cls_num_list, evaluation.get("many_threshold", 100), evaluation.get("few_threshold", 20))
+
+
+def uniform_report(expert_logits: torch.Tensor, targets: torch.Tensor, masks: dict[str, torch.Tensor],
+                   n_bins: int = 15) -> dict[str, float]:
+    """Top-1 all/many/medium/few, ECE/MCE, NLL, Brier of the ensemble plus each expert's top-1 (all in percent)."""
+    mean_logits = expert_logits.mean(dim=1)
+    report = accuracy_report(mean_logits, targets, masks)
+    probs = F.softmax(mean_logits.double(), dim=1)
+    report.update(calibration_errors(probs, targets, n_bins))
+    report["nll"] = negative_log_likelihood(mean_logits, targets)
+    report["brier"] = brier_score(probs, targets)
+    for e in range(expert_logits.shape[1]):
+        report[f"expert{e}"] = 100.0 * float((expert_logits[:, e].argmax(1) == targets).double().mean())
+    return report
+
+
+def log_test_prior(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """log q_c of a test set's empirical class prior (-inf for absent classes, which are then never predicted)."""
+    counts = torch.bincount(targets, minlength=num_classes).double()
+    return torch.log(counts / counts.sum())
+
+
+def prior_reports(expert_logits: torch.Tensor, targets: torch.Tensor, subsets: dict[str, torch.Tensor],
+                  masks: dict[str, torch.Tensor], posthoc: Iterable[bool] = (False,)) -> list[dict[str, Any]]:
+    """many/medium/few/all per test prior (index subset), without and/or with post-hoc log-prior correction."""
+    mean_logits = expert_logits.mean(dim=1).double()
+    rows = []
+    for correct in posthoc:
+        for prior, idx in subsets.items():
+            logits, target = mean_logits[idx], targets[idx]
+            if correct:
+                logits = logits + log_test_prior(target, logits.shape[1])
+            rows.append({"prior": prior, "posthoc": correct, **accuracy_report(logits, target, masks), "n_images": len(idx)})
+    return rows
+
+
+def validation_metrics(model: nn.Module, loader: BatchLoader, masks: dict[str, torch.Tensor], amp: str = "off") -> dict[str, float]:
+    """Metrics logged during training: accuracy all/many/medium/few and CE of the mean logits on the test loader."""
+    expert_logits, targets = collect_logits(model, loader, amp)
+    mean_logits = expert_logits.mean(dim=1)
+    report = accuracy_report(mean_logits, targets, masks)
+    return {"val_accuracy": report["all"], "val_many": report["many"], "val_medium": report["medium"],
+            "val_few": report["few"], "val_loss": negative_log_likelihood(mean_logits, targets)}

@@ -1,0 +1,63 @@
+"""Optimizer and learning-rate schedule registries (schedules are stepped once per epoch, as in the reference)."""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+from utils.registry import Registry
+
+OPTIMIZERS = Registry("optimizer")
+SCHEDULERS = Registry("lr scheduler")
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(params: Iterable[torch.nn.Parameter], lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
+        nesterov: bool = True, foreach: bool | None = None) -> torch.optim.SGD:
+    """SGD with momentum, Nesterov and weight decay on every parameter (incl. BN and cosine-head weights)."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov and momentum > 0,
+                           foreach=foreach)
+
+
+def warmup_step_factor(epoch: int, step1: int, step2: int, gamma: float, warmup_epoch: int) -> float:
+    """LR factor of the reference CustomLR for 0-based scheduler epoch ``epoch`` (trainer epoch t uses f(t-1))."""
+    if epoch >= step2:
+        factor = gamma * gamma
+    elif epoch >= step1:
+        factor = gamma
+    else:
+        factor = 1.0
+    if epoch < warmup_epoch:
+        factor *= (epoch + 1) / warmup_epoch
+    return factor
+
+
+@SCHEDULERS.register("warmup_step")
+def warmup_step(optimizer: torch.optim.Optimizer, step1: int, step2: int, gamma: float = 0.1,
+                warmup_epoch: int = 5) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_epoch`` epochs, then x gamma from epoch step1+1 and x gamma^2 from step2+1."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda e: warmup_step_factor(e, step1, step2, gamma, warmup_epoch))
+
+
+def warmup_cosine_factor(epoch: int, t_max: int, warmup_epoch: int, eta_min_ratio: float) -> float:
+    """Cosine factor from 1 to eta_min_ratio over t_max epochs, with an optional linear warm-up."""
+    factor = eta_min_ratio + (1 - eta_min_ratio) * (1 + math.cos(math.pi * min(epoch, t_max) / t_max)) / 2
+    if epoch < warmup_epoch:
+        factor *= (epoch + 1) / warmup_epoch
+    return factor
+
+
+@SCHEDULERS.register("cosine")
+def cosine(optimizer: torch.optim.Optimizer, T_max: int, eta_min_ratio: float = 0.0,
+           warmup_epoch: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr0 * (eta + (1 - eta)(1 + cos(pi t / T_max)) / 2) per epoch (CosineAnnealingLR closed form), optional warm-up."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda e: warmup_cosine_factor(e, T_max, warmup_epoch, eta_min_ratio))
+
+
+@SCHEDULERS.register("constant")
+def constant(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """Constant learning rate."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)

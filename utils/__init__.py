@@ -1,0 +1,1 @@
+"""Framework-independent helpers: registry, config, seeding, checkpoints, metrics, tables, logging."""

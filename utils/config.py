@@ -1,0 +1,173 @@
+"""JSON config loading, dotted-path overrides and one-time resolution of derived values (tau_list)."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from utils.registry import ConfigError
+
+# Top-level sections a config may contain; anything else is almost certainly a typo.
+TOP_LEVEL_KEYS = {
+    "name": str, "seed": int, "n_gpu": int, "arch": dict, "data_loader": dict, "loss": dict,
+    "optimizer": dict, "lr_scheduler": dict, "combiner": dict, "finetuning_combiner": dict,
+    "trainer": dict, "evaluation": dict, "distill": dict, "stage": dict, "description": str,
+}
+REQUIRED_KEYS = ("name", "arch", "data_loader", "loss", "optimizer", "trainer")
+
+# Trainer options with their defaults; every speed switch lives here or in arch.args.
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "epochs": 1,
+    "save_dir": "saved",
+    "save_period": 0,          # 0: only last.pth (and best.pth when monitoring)
+    "val_period": 0,           # validate every N epochs (and after the last); 0: only after the last
+    "monitor": "off",          # "max val_accuracy" writes best.pth; off by default (no test-set selection)
+    "log_interval": 20,        # steps between progress-bar refreshes (each one is a host sync)
+    "channels_last": True,
+    "amp": "off",              # off | bf16 | fp16
+    "compile": False,
+    "tensorboard": True,
+    "deterministic": False,
+}
+EVALUATION_DEFAULTS: dict[str, Any] = {
+    "many_threshold": 100,     # many-shot: n_c > many_threshold
+    "few_threshold": 20,       # few-shot: n_c < few_threshold
+    "test_batch_size": 512,
+}
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    """Read a JSON config file with a clear error for missing files and syntax errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (pass an existing JSON file with -c)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+
+
+def parse_cli_value(text: str) -> Any:
+    """Turn a command-line string into a JSON value (numbers, lists, booleans), else keep the string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none"):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _same_kind(old: Any, new: Any) -> bool:
+    """Whether an override keeps the JSON type of the value it replaces (ints may become floats)."""
+    if old is None or new is None:
+        return True
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool)
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)):
+        return not (isinstance(old, int) and isinstance(new, float) and not new.is_integer())
+    if isinstance(old, str) and isinstance(new, (list, str)):
+        return True  # e.g. tau_list "limits" <-> [0, 1, 2]
+    if isinstance(old, list) and isinstance(new, (list, str)):
+        return True
+    return type(old) is type(new)
+
+
+def set_by_path(config: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict, creating missing leaf keys; type changes of existing values are errors."""
+    keys = dotted.split(".")
+    node = config
+    for i, key in enumerate(keys[:-1]):
+        if key not in node:
+            node[key] = {}
+        if not isinstance(node[key], dict):
+            raise ConfigError(f"cannot set '{dotted}': '{'.'.join(keys[:i + 1])}' is a {type(node[key]).__name__}, not an object")
+        node = node[key]
+    leaf = keys[-1]
+    if leaf in node and not _same_kind(node[leaf], value):
+        raise ConfigError(
+            f"'{dotted}' must be of type {type(node[leaf]).__name__} (currently {node[leaf]!r}), got {value!r}"
+        )
+    node[leaf] = value
+
+
+def get_by_path(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    """Read ``a.b.c`` from a nested dict, returning ``default`` when any part is missing."""
+    node: Any = config
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def expand_tau_list(spec: Any, num_experts: int, tau_min: float | None, tau_max: float | None) -> list[float]:
+    """Resolve a tau_list spec (list, 'limits', 'uniform' or 'a;b;c') into one float per expert."""
+    if isinstance(spec, str) and spec in ("limits", "uniform"):
+        if tau_min is None or tau_max is None:
+            raise ConfigError(f"tau_list '{spec}' needs loss.tau_min and loss.tau_max in the config (or --set loss.tau_min=...)")
+        if spec == "limits":
+            if num_experts == 1:
+                return [(tau_min + tau_max) / 2.0]
+            return [tau_min + (tau_max - tau_min) * i / (num_experts - 1) for i in range(num_experts)]
+        return [tau_min + (tau_max - tau_min) * (i + 0.5) / num_experts for i in range(num_experts)]
+    if isinstance(spec, str):
+        try:
+            spec = [float(v) for v in spec.replace(",", ";").split(";") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"tau_list {spec!r} is not 'limits', 'uniform' or numbers separated by ';' or ','") from None
+    if not isinstance(spec, (list, tuple)) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec):
+        raise ConfigError(f"loss.args.tau_list must be a list of numbers, 'limits' or 'uniform', got {spec!r}")
+    if len(spec) != num_experts:
+        raise ConfigError(
+            f"loss.args.tau_list has {len(spec)} values but arch.args.num_experts is {num_experts}; "
+            "give one tau per expert or use --tau_list limits"
+        )
+    return [float(v) for v in spec]
+
+
+def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate the top level, fill defaults and expand derived values once; returns a new dict."""
+    config = copy.deepcopy(config)
+    unknown = sorted(set(config) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown top-level config key(s): {', '.join(unknown)}. Valid keys: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ConfigError(f"config is missing required section(s): {', '.join(missing)}")
+    for key, kind in TOP_LEVEL_KEYS.items():
+        if key in config and not isinstance(config[key], kind) or (kind is int and isinstance(config.get(key), bool)):
+            raise ConfigError(f"top-level '{key}' must be a {kind.__name__}, got {config[key]!r}")
+    config.setdefault("seed", 1)
+    config.setdefault("n_gpu", 1)
+    trainer = config["trainer"]
+    unknown = sorted(set(trainer) - set(TRAINER_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) trainer.{', trainer.'.join(unknown)}. Valid keys: {', '.join(sorted(TRAINER_DEFAULTS))}")
+    for key, default in TRAINER_DEFAULTS.items():
+        trainer.setdefault(key, default)
+        if not _same_kind(default, trainer[key]) or (isinstance(default, int) and isinstance(trainer[key], float)):
+            raise ConfigError(f"'trainer.{key}' must be of type {type(default).__name__}, got {trainer[key]!r}")
+    if trainer["amp"] not in ("off", "bf16", "fp16"):
+        raise ConfigError(f"trainer.amp must be 'off', 'bf16' or 'fp16', got {trainer['amp']!r}")
+    evaluation = config.setdefault("evaluation", {})
+    unknown = sorted(set(evaluation) - set(EVALUATION_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) evaluation.{', evaluation.'.join(unknown)}. Valid keys: {', '.join(EVALUATION_DEFAULTS)}")
+    for key, default in EVALUATION_DEFAULTS.items():
+        evaluation.setdefault(key, default)
+    loss_args = config["loss"].setdefault("args", {})
+    if "tau_list" in loss_args:
+        num_experts = int(get_by_path(config, "arch.args.num_experts", 1))
+        loss_args["tau_list"] = expand_tau_list(
+            loss_args["tau_list"], num_experts, config["loss"].get("tau_min"), config["loss"].get("tau_max")
+        )
+    return config
+
+
+def config_stem(name: str) -> str:
+    """A filesystem-safe version of a config name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -1,0 +1,81 @@
+"""Pure metric functions on logits/labels: accuracy, shot-group accuracy, calibration (ECE/MCE), NLL, Brier."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def shot_masks(cls_num_list: Sequence[int], many_threshold: int = 100, few_threshold: int = 20) -> dict[str, torch.Tensor]:
+    """Boolean class masks from training counts: many n>many_threshold, few n<few_threshold, medium otherwise."""
+    counts = torch.as_tensor(list(cls_num_list))
+    many = counts > many_threshold
+    few = counts < few_threshold
+    return {"many": many, "medium": ~many & ~few, "few": few}
+
+
+def per_class_accuracy(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class recall and per-class sample counts (recall is nan for classes absent from ``target``)."""
+    support = torch.bincount(target, minlength=num_classes).double()
+    hits = torch.bincount(target[pred == target], minlength=num_classes).double()
+    recall = torch.where(support > 0, hits / support.clamp_min(1), torch.full_like(support, float("nan")))
+    return recall, support
+
+
+def group_accuracy(recall: torch.Tensor, mask: torch.Tensor) -> float:
+    """Unweighted mean recall over the classes in ``mask`` that occur in the test set; nan when none do."""
+    values = recall[mask]
+    values = values[~torch.isnan(values)]
+    return float(values.mean()) if values.numel() else float("nan")
+
+
+def accuracy_report(logits: torch.Tensor, target: torch.Tensor, masks: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Micro top-1 ('all', percent) plus many/medium/few class-mean accuracies (percent) for one test set."""
+    pred = logits.argmax(dim=1)
+    recall, _ = per_class_accuracy(pred, target, logits.shape[1])
+    report = {name: 100.0 * group_accuracy(recall, mask) for name, mask in masks.items()}
+    report["all"] = 100.0 * float((pred == target).double().mean()) if target.numel() else float("nan")
+    return report
+
+
+def calibration_errors(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15) -> dict[str, float]:
+    """Expected and maximum calibration error (percent) with equal-width confidence bins (lower, upper]."""
+    confidence, pred = probs.max(dim=1)
+    correct = (pred == target).double()
+    confidence = confidence.double()
+    # bin b holds confidences in (b/n, (b+1)/n]; a confidence of exactly 0 belongs to no bin
+    bins = torch.ceil(confidence * n_bins).long() - 1
+    valid = bins >= 0
+    bins, correct, confidence = bins[valid], correct[valid], confidence[valid]
+    count = torch.bincount(bins, minlength=n_bins).double()
+    acc_sum = torch.bincount(bins, weights=correct, minlength=n_bins)
+    conf_sum = torch.bincount(bins, weights=confidence, minlength=n_bins)
+    nonempty = count > 0
+    gap = torch.zeros(n_bins, dtype=torch.float64)
+    gap[nonempty] = (conf_sum[nonempty] - acc_sum[nonempty]).abs() / count[nonempty]
+    total = max(int(probs.shape[0]), 1)
+    return {"ece": 100.0 * float((count / total * gap).sum()), "mce": 100.0 * float(gap.max())}
+
+
+def negative_log_likelihood(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean negative log-likelihood of the true class under softmax(logits)."""
+    return float(F.cross_entropy(logits.double(), target))
+
+
+def brier_score(probs: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean squared error between the predicted distribution and the one-hot label (summed over classes)."""
+    onehot = F.one_hot(target, probs.shape[1]).double()
+    return float(((probs.double() - onehot) ** 2).sum(dim=1).mean())
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value), ignoring nan entries."""
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return float("nan"), float("nan")
+    mean = sum(finite) / len(finite)
+    if len(finite) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))

@@ -1,0 +1,157 @@
+"""Name -> constructor registries with config validation (one registry per kind of object)."""
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from typing import Any, Callable, Iterable
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or of the wrong type; the message names the key and the fix."""
+
+
+def _close_matches(name: str, valid: Iterable[str]) -> str:
+    """Return a ' Did you mean ...?' hint for a misspelt name (empty when nothing is close)."""
+    hits = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.6)
+    return f" Did you mean {', '.join(repr(h) for h in hits)}?" if hits else ""
+
+
+def _type_name(hint: Any) -> str:
+    """Readable name of a type hint for error messages."""
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def value_matches(value: Any, hint: Any) -> bool:
+    """True when a JSON-like config value fits a (simple) type hint; unknown hints accept anything."""
+    if hint is inspect.Parameter.empty or hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        return any(value_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = typing.get_args(hint)
+        if not args or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
+            args = args[:1]
+        return len(args) != 1 or all(value_matches(v, args[0]) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+class Registry:
+    """Maps names to constructors; builds objects from ``{"type": name, "args": {...}}`` config blocks."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator registering a class or function under ``name`` (default: its ``__name__``)."""
+
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            key = name or fn.__name__
+            if key in self._entries:
+                raise ValueError(f"{self.kind} {key!r} is registered twice")
+            self._entries[key] = fn
+            return fn
+
+        return decorator
+
+    def names(self) -> list[str]:
+        """All registered names, sorted."""
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str, where: str = "type") -> Callable[..., Any]:
+        """Look a name up; unknown names raise ConfigError listing every valid name."""
+        if name not in self._entries:
+            raise ConfigError(
+                f"unknown {self.kind} {name!r} at '{where}'.{_close_matches(name, self._entries)} "
+                f"Valid {self.kind} names: {', '.join(self.names())}"
+            )
+        return self._entries[name]
+
+    def signature(self, name: str) -> dict[str, inspect.Parameter]:
+        """Constructor parameters of an entry (for a class: of its ``__init__``)."""
+        fn = self._entries[name]
+        target = fn.__init__ if inspect.isclass(fn) else fn
+        return dict(inspect.signature(target).parameters)
+
+    def type_hints(self, name: str) -> dict[str, Any]:
+        """Resolved type hints of an entry's constructor parameters."""
+        fn = self._entries[name]
+        target = fn.__init__ if inspect.isclass(fn) else fn
+        try:
+            return typing.get_type_hints(target)
+        except Exception:  # unresolvable forward references: skip type checks
+            return {}
+
+    def validate_args(self, name: str, args: dict[str, Any], where: str, code_supplied: Iterable[str] = ()) -> None:
+        """Check config args against the constructor: unknown keys, wrong types, missing required keys."""
+        params = self.signature(name)
+        params.pop("self", None)
+        accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        code_supplied = set(code_supplied)
+        valid = [k for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        hints = self.type_hints(name)
+        for key, value in args.items():
+            if key not in params and not accepts_kwargs:
+                configurable = [k for k in valid if k not in code_supplied]
+                raise ConfigError(
+                    f"unknown key '{where}.{key}' for {self.kind} {name!r}.{_close_matches(key, configurable)} "
+                    f"Valid keys: {', '.join(configurable) or '(none)'}"
+                )
+            hint = hints.get(key, params[key].annotation if key in params else inspect.Parameter.empty)
+            if not value_matches(value, hint):
+                raise ConfigError(
+                    f"'{where}.{key}' must be of type {_type_name(hint)}, got {value!r} "
+                    f"({type(value).__name__}); fix the value in the config or with --set {where}.{key}=..."
+                )
+        missing = [
+            k for k, p in params.items()
+            if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+            and k not in args and k not in code_supplied
+        ]
+        if missing:
+            raise ConfigError(f"missing required key(s) {', '.join(f'{where}.{k}' for k in missing)} for {self.kind} {name!r}")
+
+    def build(self, block: dict[str, Any] | str, where: str, **code_kwargs: Any) -> Any:
+        """Instantiate from a ``{"type", "args"}`` block (or a bare name); code kwargs fill what the config may not set.
+
+        Code-supplied kwargs the constructor does not accept are dropped, so every entry only declares what it uses;
+        a config key that collides with a code-supplied value must agree with it.
+        """
+        if isinstance(block, str):
+            block = {"type": block, "args": {}}
+        if not isinstance(block, dict) or "type" not in block:
+            raise ConfigError(f"'{where}' must be an object with a \"type\" key (one of: {', '.join(self.names())})")
+        extra = set(block) - {"type", "args"}
+        name = block["type"]
+        fn = self.get(name, where=f"{where}.type")
+        args = dict(block.get("args") or {})
+        params = self.signature(name)
+        accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        supplied = {k: v for k, v in code_kwargs.items() if k in params or accepts_kwargs}
+        self.validate_args(name, args, f"{where}.args", code_supplied=supplied)
+        for key, value in supplied.items():
+            if key in args and args[key] != value:
+                raise ConfigError(
+                    f"'{where}.args.{key}' is {args[key]!r} but the data/code says {value!r}; remove the key from the config"
+                )
+        del extra  # top-level siblings of type/args (e.g. loss.tau_min) are read by whoever owns them
+        return fn(**{**args, **supplied})

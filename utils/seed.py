@@ -1,0 +1,64 @@
+"""Seeding and counter-based random streams, so every random draw is a pure function of (seed, epoch, step)."""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (used for weight init); optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed that depends on every key (seed, epoch, step, purpose), independent across keys."""
+    state = np.random.SeedSequence([int(k) % 2**63 for k in keys]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+def torch_generator(device: torch.device | str, *keys: int) -> torch.Generator:
+    """A torch generator on ``device`` seeded from ``keys``; creating one per batch makes resume trivial."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(derive_seed(*keys))
+    return gen
+
+
+def numpy_generator(*keys: int) -> np.random.Generator:
+    """A NumPy generator seeded from ``keys`` (used for host-side draws such as the mixup lambda)."""
+    return np.random.default_rng(derive_seed(*keys))
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Global RNG states as plain data (loadable with ``torch.load(weights_only=True)``)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the global RNG states saved by :func:`get_rng_state`."""
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_gauss"][0], state["numpy_gauss"][1]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
