@@ -1,0 +1,36 @@
+# One-command workflows. `make demo`: fresh machine -> venv -> Fashion-MNIST -> train BalPoE -> 11-prior table.
+# `make test`: fresh machine -> venv -> whole test suite (what CI runs).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SEED ?= 1
+
+.PHONY: setup test demo fmnist-data clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+# Fashion-MNIST offline: the Debian package puts the idx files in /usr/share/datasets/fashion-mnist (read directly).
+fmnist-data:
+	@if [ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || [ -e data/fashion_mnist/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST found"; \
+	else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist) \
+	  || echo "apt-get failed: train.py will try torchvision's download into data/fashion_mnist"; \
+	fi
+
+demo: setup fmnist-data
+	$(PY) train.py -c configs/fmnist_ir100/balpoe.json --seed $(SEED)
+	$(PY) test_all_cifar.py -r $$(ls -td saved/fmnist_ir100_balpoe/seed$(SEED)-*/ | head -1) --posthoc_bias_correction --out results/demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache
