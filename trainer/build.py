@@ -64,6 +64,47 @@ def build_combiner(config: dict[str, Any], epoch: int | None = None) -> Combiner
     return COMBINERS.build(config.get("combiner", "default"), "combiner")
 
 
+INIT_FROM_KEYS = {"checkpoint": str, "exclude": list, "freeze": list, "strict": bool}
+
+
+def init_from_checkpoint(model: nn.Module, spec: dict[str, Any]) -> list[str]:
+    """Load weights of an earlier stage (minus ``exclude`` prefixes) and freeze ``freeze`` prefixes.
+
+    Used by two-stage methods (cRT, RIDE's router, Class-Balanced Experts): ``{"checkpoint": path, "exclude":
+    ["head."], "freeze": ["trunk.", "branch."]}``. Returns the names of the frozen parameters.
+    """
+    from utils.checkpoint import load_checkpoint, strip_prefixes
+
+    unknown = set(spec) - set(INIT_FROM_KEYS)
+    if unknown or "checkpoint" not in spec:
+        raise ConfigError(f"init_from needs 'checkpoint' and accepts {', '.join(INIT_FROM_KEYS)}; got {sorted(spec)}")
+    exclude = tuple(spec.get("exclude", []))
+    weights = {k: v for k, v in strip_prefixes(load_checkpoint(spec["checkpoint"])["model"]).items() if not k.startswith(exclude)}
+    own = model.state_dict()
+    mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise ConfigError(f"init_from.checkpoint {spec['checkpoint']}: shapes differ for {', '.join(mismatched[:5])} "
+                          "(different arch.args? add the prefixes to init_from.exclude to re-initialise them)")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.startswith(exclude)]
+    if spec.get("strict", False) and (missing or unexpected):
+        raise ConfigError(f"init_from.checkpoint {spec['checkpoint']}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    frozen = []
+    for name, param in model.named_parameters():
+        if name.startswith(tuple(spec.get("freeze", []))):
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def frozen_batchnorm_to_eval(model: nn.Module) -> None:
+    """Put BN layers whose affine parameters are all frozen in eval mode (their running statistics stay fixed)."""
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if "BatchNorm" in type(module).__name__ and params and not any(p.requires_grad for p in params):
+            module.eval()
+
+
 def build_without_data(config: dict[str, Any]) -> dict[str, Any]:
     """Validate a resolved config and build every object from the data set's registered shape (no files needed)."""
     from data_loader.augment import AUGMENTS

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from data_loader.factory import DataBundle, build_data
 from trainer.build import (build_combiner, build_criterion, build_model, build_optimizer, build_scheduler,
-                           num_experts_of)
+                           frozen_batchnorm_to_eval, init_from_checkpoint, num_experts_of)
 from trainer.evaluator import autocast_context, masks_for, validation_metrics
 from utils.checkpoint import CheckpointError, save_checkpoint, strip_prefixes, unwrap_model
 from utils.config import config_stem
@@ -80,6 +80,7 @@ class Trainer:
         self.masks = masks_for(self.cls_num_list, config["evaluation"])
         ts = self.data.train_set
         self.model = build_model(config, ts.num_classes, ts.image_shape[0]).to(device)
+        self.frozen = init_from_checkpoint(self.model, config["init_from"]) if "init_from" in config else []
         if self.cfg_trainer["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.num_experts = num_experts_of(self.model)
@@ -156,6 +157,8 @@ class Trainer:
     def train_epoch(self, epoch: int, start_step: int = 0) -> dict[str, float] | None:
         """One epoch from ``start_step``; returns epoch metrics, or None when interrupted (state already saved)."""
         self.model.train()
+        if self.frozen:
+            frozen_batchnorm_to_eval(self.model)
         if hasattr(self.criterion, "on_epoch_start"):
             self.criterion.on_epoch_start(epoch)
         combiner = build_combiner(self.config, epoch)

@@ -12,7 +12,7 @@ from utils.registry import ConfigError
 TOP_LEVEL_KEYS = {
     "name": str, "seed": int, "n_gpu": int, "arch": dict, "data_loader": dict, "loss": dict,
     "optimizer": dict, "lr_scheduler": dict, "combiner": dict, "finetuning_combiner": dict,
-    "trainer": dict, "evaluation": dict, "distill": dict, "stage": dict, "description": str,
+    "trainer": dict, "evaluation": dict, "distill": dict, "init_from": dict, "description": str,
 }
 REQUIRED_KEYS = ("name", "arch", "data_loader", "loss", "optimizer", "trainer")
 
