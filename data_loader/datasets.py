@@ -7,7 +7,7 @@ import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +46,8 @@ class DataNotFoundError(FileNotFoundError):
 class ImageTensorDataset:
     """A whole split as one uint8 tensor (N, C, H, W) plus int64 targets, kept on one device."""
 
+    loader_kind: ClassVar[str] = "tensor"  # data_loader.loader.LOADERS entry that iterates it
+
     images: torch.Tensor
     targets: torch.Tensor
     num_classes: int
@@ -73,8 +75,11 @@ class ImageTensorDataset:
         self.images, self.targets = self.images.to(device), self.targets.to(device)
         return self
 
-    def test_prior_indices(self, prior: str) -> torch.Tensor:
-        """Indices of the shifted test set ``prior`` (forwardK / uniform / backwardK) inside this balanced split."""
+    def test_prior_indices(self, prior: str, train_counts: Sequence[int] | None = None) -> torch.Tensor:
+        """Indices of the shifted test set ``prior`` (forwardK / uniform / backwardK) inside this balanced split.
+
+        Class order is the training-frequency order by construction, so ``train_counts`` is not needed here.
+        """
         counts = self.cls_num_list
         if prior == "uniform":
             return torch.arange(len(self))
@@ -261,6 +266,13 @@ _register_lt("cifar10_lt", lambda d, train, download: read_cifar(d, 10, train, d
 _register_lt("cifar100_lt", lambda d, train, download: read_cifar(d, 100, train, download), 100, "data/cifar100",
              CIFAR_MEAN, CIFAR_STD, (3, 32, 32), 500, 100)
 _register_lt("fmnist_lt", read_fashion_mnist, 10, "data/fashion_mnist", FMNIST_MEAN, FMNIST_STD, (1, 28, 28), 6000, 1000)
+
+
+def dataset_info(name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A registered data set's shape info (num_classes, image_shape, mean, std, loader kind), adjusted to its args."""
+    builder = DATASETS.get(name, where="data_loader.type")
+    info_for = getattr(builder, "info_for", None)
+    return dict(info_for(args or {}) if info_for else builder.info)  # type: ignore[attr-defined]
 
 
 def synthetic_dataset(name: str, split: str = "train", imb_factor: float = 0.01, seed: int = 0,

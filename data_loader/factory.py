@@ -6,22 +6,23 @@ from typing import Any
 
 import torch
 
-from data_loader.augment import AUGMENTS
-from data_loader.datasets import DATASETS, ImageTensorDataset
-from data_loader.loader import SAMPLERS, BatchLoader
+from data_loader.datasets import DATASETS, ImageTensorDataset, dataset_info
+from data_loader.loader import LOADERS, SAMPLERS, BatchLoader
 from utils.registry import ConfigError
 
 # Keys of data_loader.args that configure the loader rather than the data set itself.
-LOADER_KEYS = {"batch_size": int, "sampler": str, "augment": (dict, str), "drop_last": bool}
+# batch_size is the GLOBAL batch of one optimizer step; under torchrun each of W processes takes batch_size / W.
+# num_workers: decoding processes of image-file data sets (in-memory tensor data sets need none).
+LOADER_KEYS = {"batch_size": int, "sampler": str, "augment": (dict, str), "drop_last": bool, "num_workers": int}
 
 
 @dataclass
 class DataBundle:
     """Everything the trainer and evaluator need from the data side."""
 
-    train_set: ImageTensorDataset | None
+    train_set: ImageTensorDataset | None  # or an ImageListDataset: same interface
     test_set: ImageTensorDataset
-    train_loader: BatchLoader | None
+    train_loader: BatchLoader | None  # or an ImageListLoader (LOADERS, chosen by the data set's loader_kind)
     test_loader: BatchLoader
 
     @property
@@ -53,20 +54,50 @@ def build_dataset(config: dict[str, Any], split: str) -> ImageTensorDataset:
     return DATASETS.build({"type": block.get("type"), "args": dataset_args}, "data_loader", split=split)
 
 
+def loader_class(dataset_type: str) -> type[BatchLoader]:
+    """The loader class that iterates data sets of ``dataset_type`` (from its registered ``loader`` kind)."""
+    return LOADERS.get(dataset_info(dataset_type).get("loader", "tensor"), where="data_loader.type")
+
+
+def build_augment(dataset_type: str, loader_args: dict[str, Any], image_size: int) -> Any:
+    """The training augmentation of ``data_loader.args.augment`` from the registry of the data set's loader kind.
+
+    ``image_size`` (output crop size) reaches the augmentations that take a ``size`` and is dropped for the others.
+    """
+    cls = loader_class(dataset_type)
+    return cls.augments.build(loader_args.get("augment", cls.default_augment), "data_loader.args.augment", size=image_size)
+
+
+def per_rank_batch_size(batch_size: int, world_size: int) -> int:
+    """Split the global batch over ``world_size`` processes (it must divide evenly)."""
+    if batch_size % world_size:
+        raise ConfigError(f"data_loader.args.batch_size = {batch_size} is the global batch and must be divisible by "
+                          f"the {world_size} processes; change --batch_size or the number of processes")
+    return batch_size // world_size
+
+
 def build_data(config: dict[str, Any], device: torch.device, train: bool = True, limit_batches: int | None = None,
                rank: int = 0, world_size: int = 1) -> DataBundle:
-    """Data sets on ``device`` plus loaders; with ``train=False`` only the test side is built."""
+    """Data sets on ``device`` plus loaders; with ``train=False`` only the test side is built.
+
+    The training loader of process ``rank`` of ``world_size`` yields its share of each global batch; the test
+    loader always covers the whole test set (evaluation runs on one process).
+    """
+    dataset_type = config["data_loader"].get("type")
     _, loader_args = split_loader_args(config["data_loader"])
-    channels_last = bool(config.get("trainer", {}).get("channels_last", False))
-    seed = int(config.get("seed", 1))
+    common = {"channels_last": bool(config.get("trainer", {}).get("channels_last", False)),
+              "seed": int(config.get("seed", 1)), "num_workers": loader_args.get("num_workers", 0), "device": device}
     train_set = train_loader = None
     if train:
         train_set = build_dataset(config, "train").to(device)
-        augment = AUGMENTS.build(loader_args.get("augment", "standard"), "data_loader.args.augment")
-        train_loader = BatchLoader(train_set, loader_args.get("batch_size", 128), loader_args.get("sampler", "random"),
-                                   augment, seed, loader_args.get("drop_last", False), channels_last, limit_batches,
-                                   rank, world_size)
+        augment = build_augment(dataset_type, loader_args, train_set.image_shape[-1])
+        train_loader = LOADERS.build(train_set.loader_kind, "data_loader", dataset=train_set,
+                                     batch_size=per_rank_batch_size(loader_args.get("batch_size", 128), world_size),
+                                     sampler=loader_args.get("sampler", "random"), augment=augment,
+                                     drop_last=loader_args.get("drop_last", False), limit_batches=limit_batches,
+                                     rank=rank, world_size=world_size, **common)
     test_set = build_dataset(config, "test").to(device)
     test_batch = int(config.get("evaluation", {}).get("test_batch_size", 512))
-    test_loader = BatchLoader(test_set, test_batch, "sequential", None, seed, False, channels_last)
+    test_loader = LOADERS.build(test_set.loader_kind, "data_loader", dataset=test_set, batch_size=test_batch,
+                                sampler="sequential", augment=None, drop_last=False, **common)
     return DataBundle(train_set, test_set, train_loader, test_loader)

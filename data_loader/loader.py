@@ -6,12 +6,13 @@ from typing import Iterator
 
 import torch
 
-from data_loader.augment import BatchAugment, normalize
+from data_loader.augment import AUGMENTS, BatchAugment, normalize
 from data_loader.datasets import ImageTensorDataset
 from utils.registry import Registry
 from utils.seed import torch_generator
 
 SAMPLERS = Registry("sampler")
+LOADERS = Registry("loader")  # keyed by a data set's ``loader_kind``: how batches of that kind of data set are made
 
 # Purpose tags keep the random streams of different consumers independent.
 STREAM_ORDER, STREAM_AUGMENT = 1, 2
@@ -48,12 +49,17 @@ def class_balanced_order(targets: torch.Tensor, gen: torch.Generator) -> torch.T
     return order
 
 
+@LOADERS.register("tensor")
 class BatchLoader:
     """Iterates a tensor data set in batches; every random draw is seeded from (seed, epoch, step).
 
     Resuming mid-epoch is exact: ``batches(epoch, start_step=k)`` reproduces the rest of epoch ``epoch``.
-    In distributed runs each rank takes every ``world_size``-th index of the (padded) epoch order.
+    In distributed runs each rank takes every ``world_size``-th index of the (padded) epoch order, and its
+    augmentation stream also depends on the rank.
     """
+
+    augments = AUGMENTS  # registry of the ``augment`` config block for this loader kind
+    default_augment = "standard"
 
     def __init__(self, dataset: ImageTensorDataset, batch_size: int, sampler: str = "random",
                  augment: BatchAugment | None = None, seed: int = 0, drop_last: bool = False,
@@ -63,6 +69,11 @@ class BatchLoader:
         self.sampler, self.drop_last, self.channels_last = sampler, drop_last, channels_last
         self.limit_batches, self.rank, self.world_size = limit_batches, rank, world_size
         self.epoch = 0
+
+    @property
+    def device(self) -> torch.device:
+        """Device the batches are produced on."""
+        return self.dataset.images.device
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order and augmentation the next iteration reproduces."""
@@ -89,12 +100,13 @@ class BatchLoader:
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (normalised float images, targets) of ``epoch`` from batch ``start_step`` on."""
         order = self.epoch_order(epoch)
-        device = self.dataset.images.device
+        device = self.device
+        rank_key = (self.rank,) if self.world_size > 1 else ()  # ranks must not share crop/flip draws
         for step in range(start_step, len(self)):
             idx = order[step * self.batch_size:(step + 1) * self.batch_size].to(device, non_blocking=True)
             images, targets = self.dataset.images[idx], self.dataset.targets[idx]
             if self.augment is not None:
-                images = self.augment(images, torch_generator(device, self.seed, epoch, step, STREAM_AUGMENT))
+                images = self.augment(images, torch_generator(device, self.seed, epoch, step, STREAM_AUGMENT, *rank_key))
             yield normalize(images, self.dataset.mean, self.dataset.std, self.channels_last), targets
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

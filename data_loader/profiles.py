@@ -1,4 +1,9 @@
-"""Long-tailed class-count profiles, shifted test priors by name, and the seeded per-class subset selection."""
+"""Long-tailed class-count profiles, shifted test priors by name, and the seeded per-class subset selection.
+
+Shifted test sets of lists (METHODS.md §1.3): rank the classes by TRAINING frequency (rank 0 = most frequent, ties
+keep class order); forward-K keeps ``floor(n_test * (1/K) ** (r / (C - 1)))`` images of the class of rank r,
+backward-K the same with the ranks reversed; n_test is the per-class size of the balanced test set.
+"""
 from __future__ import annotations
 
 import re
@@ -11,6 +16,8 @@ CIFAR_TEST_PRIORS = ["forward50", "forward25", "forward10", "forward5", "forward
                      "backward2", "backward5", "backward10", "backward25", "backward50"]
 IMAGENET_TEST_PRIORS = list(CIFAR_TEST_PRIORS)
 INAT_TEST_PRIORS = ["forward3", "forward2", "uniform", "backward2", "backward3"]
+# Shifted lists each txt-list benchmark evaluates (METHODS.md §1.3); the file of prior P is <prefix><P>.txt.
+DATASET_PRIORS = {"imagenet_lt": IMAGENET_TEST_PRIORS, "places_lt": IMAGENET_TEST_PRIORS, "inat2018": INAT_TEST_PRIORS}
 
 _PRIOR_RE = re.compile(r"^(forward|backward)(\d+(?:\.\d+)?)$")
 
@@ -68,6 +75,40 @@ def select_per_class(targets: Sequence[int] | np.ndarray, counts: Sequence[int],
         rng.shuffle(idx)
         chosen.append(idx[:count])
     return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def frequency_ranks(train_counts: Sequence[int]) -> np.ndarray:
+    """Classes ordered from most to least frequent in training (stable: ties keep the class order)."""
+    return np.argsort(-np.asarray(train_counts), kind="stable")
+
+
+def shifted_class_counts(prior: str, n_test: int, train_counts: Sequence[int]) -> list[int]:
+    """Images per class (indexed by class) of test prior ``prior`` drawn from a balanced set of n_test per class."""
+    by_rank = shifted_prior_counts(prior, n_test, len(train_counts))
+    counts = [0] * len(train_counts)
+    for rank, cls in enumerate(frequency_ranks(train_counts)):
+        counts[int(cls)] = by_rank[rank]
+    return counts
+
+
+def shifted_subset_indices(test_targets: Sequence[int] | np.ndarray, train_counts: Sequence[int], prior: str,
+                           seed: int = 0) -> np.ndarray:
+    """Sorted indices into the test list forming test prior ``prior`` ('uniform' keeps everything).
+
+    ``n_test`` is the smallest per-class count of the test list (the per-class size of a balanced list).
+    """
+    targets = np.asarray(test_targets, dtype=np.int64)
+    if prior == "uniform":
+        return np.arange(len(targets))
+    test_counts = np.bincount(targets, minlength=len(train_counts))
+    if len(test_counts) != len(train_counts):
+        raise ValueError(f"test labels go up to {len(test_counts) - 1} but the training counts cover {len(train_counts)} classes")
+    n_test = int(test_counts.min())
+    if n_test < 1:
+        missing = np.flatnonzero(test_counts == 0)[:5].tolist()
+        raise ValueError(f"test prior {prior!r} needs every class in the test list; classes {missing} have no test image")
+    wanted = shifted_class_counts(prior, n_test, train_counts)
+    return np.sort(select_per_class(targets, wanted, seed))
 
 
 def prior_from_counts(counts: Sequence[int]) -> np.ndarray:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 
 
 class ExpertConv2d(nn.Module):
@@ -39,11 +41,16 @@ class ExpertConv2d(nn.Module):
 
 
 class ExpertBatchNorm2d(nn.Module):
-    """E independent BatchNorm2d layers; batch statistics are per expert in both execution modes."""
+    """E independent BatchNorm2d layers; batch statistics are per expert in both execution modes.
+
+    With ``sync = True`` (SyncBatchNorm, set by ``trainer.distributed.convert_sync_batchnorm``) training-mode
+    statistics are computed over the batches of all processes of the default process group.
+    """
 
     def __init__(self, num_experts: int, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         self.num_experts, self.num_features, self.eps, self.momentum = num_experts, num_features, eps, momentum
+        self.sync = False
         total = num_experts * num_features
         self.weight = nn.Parameter(torch.ones(total))
         self.bias = nn.Parameter(torch.zeros(total))
@@ -58,9 +65,26 @@ class ExpertBatchNorm2d(nn.Module):
             sl = slice(None)
         else:
             sl = slice(expert * self.num_features, (expert + 1) * self.num_features)
+        if self.sync and self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return self._synced(x, sl)
         # running-stat views are updated in place, so per-expert calls write into the shared buffers
         return F.batch_norm(x, self.running_mean[sl], self.running_var[sl], self.weight[sl], self.bias[sl],
                             self.training, self.momentum, self.eps)
+
+    def _synced(self, x: torch.Tensor, sl: slice) -> torch.Tensor:
+        """Training-mode BN with mean/variance over all processes (differentiable all-reduces, fp32 statistics)."""
+        xf = x.float()
+        count = torch.tensor([x.numel() / x.shape[1]], device=x.device)
+        totals = differentiable_all_reduce(torch.cat([xf.sum(dim=(0, 2, 3)), count]))
+        n = totals[-1].detach()
+        mean = totals[:-1] / n
+        centred = xf - mean.view(1, -1, 1, 1)
+        var = differentiable_all_reduce((centred * centred).sum(dim=(0, 2, 3))) / n
+        with torch.no_grad():
+            self.running_mean[sl].mul_(1 - self.momentum).add_(self.momentum * mean)
+            self.running_var[sl].mul_(1 - self.momentum).add_(self.momentum * var * n / (n - 1).clamp_min(1))
+        scale = self.weight[sl] * torch.rsqrt(var + self.eps)
+        return (centred * scale.view(1, -1, 1, 1) + self.bias[sl].view(1, -1, 1, 1)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"experts={self.num_experts}, features={self.num_features}"

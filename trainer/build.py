@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import data_loader  # noqa: F401  (registers data sets, samplers, augmentations)
 import model  # noqa: F401  (registers architectures and losses)
-from model.registry import LOSSES, MODELS
+from model.registry import LOSSES, MODELS, WEIGHT_FORMATS
 from trainer.combiner import COMBINERS, Combiner
 from trainer.optim import OPTIMIZERS, SCHEDULERS
 from utils.registry import ConfigError
@@ -64,22 +64,23 @@ def build_combiner(config: dict[str, Any], epoch: int | None = None) -> Combiner
     return COMBINERS.build(config.get("combiner", "default"), "combiner")
 
 
-INIT_FROM_KEYS = {"checkpoint": str, "exclude": list, "freeze": list, "strict": bool}
+INIT_FROM_KEYS = {"checkpoint": str, "exclude": list, "freeze": list, "strict": bool, "format": str}
 
 
 def init_from_checkpoint(model: nn.Module, spec: dict[str, Any]) -> list[str]:
     """Load weights of an earlier stage (minus ``exclude`` prefixes) and freeze ``freeze`` prefixes.
 
     Used by two-stage methods (cRT, RIDE's router, Class-Balanced Experts): ``{"checkpoint": path, "exclude":
-    ["head."], "freeze": ["trunk.", "branch."]}``. Returns the names of the frozen parameters.
+    ["head."], "freeze": ["trunk.", "branch."]}``. ``format`` (default ``framework``) names how the file maps onto
+    the model, e.g. ``torchvision_resnet`` for an ImageNet-pretrained torchvision ResNet (Places-LT). Returns the
+    names of the frozen parameters.
     """
-    from utils.checkpoint import load_checkpoint, strip_prefixes
-
     unknown = set(spec) - set(INIT_FROM_KEYS)
     if unknown or "checkpoint" not in spec:
         raise ConfigError(f"init_from needs 'checkpoint' and accepts {', '.join(INIT_FROM_KEYS)}; got {sorted(spec)}")
     exclude = tuple(spec.get("exclude", []))
-    weights = {k: v for k, v in strip_prefixes(load_checkpoint(spec["checkpoint"])["model"]).items() if not k.startswith(exclude)}
+    reader = WEIGHT_FORMATS.get(spec.get("format", "framework"), where="init_from.format")
+    weights = {k: v for k, v in reader(spec["checkpoint"], model).items() if not k.startswith(exclude)}
     own = model.state_dict()
     mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
     if mismatched:
@@ -107,20 +108,19 @@ def frozen_batchnorm_to_eval(model: nn.Module) -> None:
 
 def build_without_data(config: dict[str, Any]) -> dict[str, Any]:
     """Validate a resolved config and build every object from the data set's registered shape (no files needed)."""
-    from data_loader.augment import AUGMENTS
-    from data_loader.datasets import DATASETS
-    from data_loader.factory import split_loader_args
+    from data_loader.datasets import DATASETS, dataset_info
+    from data_loader.factory import build_augment, split_loader_args
     from data_loader.profiles import lt_class_counts
 
     dataset_args, loader_args = split_loader_args(config["data_loader"])
     name = config["data_loader"].get("type")
     DATASETS.get(name, where="data_loader.type")
     DATASETS.validate_args(name, dataset_args, "data_loader.args", code_supplied={"split"})
-    info = DATASETS.get(name).info
+    info = dataset_info(name, dataset_args)
     counts = lt_class_counts(info["train_per_class"], info["num_classes"], dataset_args.get("imb_factor", 0.01))
     model = build_model(config, info["num_classes"], info["image_shape"][0])
     criterion = build_criterion(config, counts, num_experts_of(model))
     optimizer = build_optimizer(config, model)
+    augment = build_augment(name, loader_args, info["image_shape"][-1])
     return {"model": model, "criterion": criterion, "optimizer": optimizer, "scheduler": build_scheduler(config, optimizer),
-            "combiner": build_combiner(config), "augment": AUGMENTS.build(loader_args.get("augment", "standard"), "data_loader.args.augment"),
-            "image_shape": info["image_shape"], "cls_num_list": counts}
+            "combiner": build_combiner(config), "augment": augment, "image_shape": info["image_shape"], "cls_num_list": counts}

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from data_loader.factory import build_data
 from trainer.build import build_model, resolve_device
+from trainer.distributed import init_distributed, shutdown_distributed
 from trainer.trainer import Trainer, make_run_dir, write_run_config
 from trainer.evaluator import masks_for
 from utils.checkpoint import CheckpointError, load_checkpoint
@@ -101,19 +102,31 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = load_json(args.config)
     config = resolve_config(apply_overrides(config, args))
-    device = resolve_device(args.device)
-    if args.dry_run:
-        print(dry_run_summary(config, device))
-        return 0
-    if resume_state is not None:
-        run_dir = Path(args.resume).resolve().parent
-    else:
-        run_dir = make_run_dir(config["trainer"]["save_dir"], config["name"], config["seed"])
-    write_run_config(run_dir, config)
-    trainer = Trainer(config, device, run_dir, resume_state, args.limit_batches, quiet=args.quiet)
-    trainer.logger.info(f"run directory: {run_dir}")
-    result = trainer.fit()
+    ctx, device = init_distributed(resolve_device(args.device))  # torchrun: join the process group
+    try:
+        if args.dry_run:
+            if ctx.is_primary:
+                print(dry_run_summary(config, device))
+            return 0
+        run_dir = None
+        if ctx.is_primary:  # only rank 0 writes files
+            if resume_state is not None:
+                run_dir = Path(args.resume).resolve().parent
+            else:
+                run_dir = make_run_dir(config["trainer"]["save_dir"], config["name"], config["seed"])
+            write_run_config(run_dir, config)
+        trainer = Trainer(config, device, run_dir, resume_state, args.limit_batches,
+                          quiet=args.quiet or not ctx.is_primary, dist=ctx)
+        trainer.logger.info(f"run directory: {run_dir}")
+        if ctx.is_distributed:
+            batch = config["data_loader"]["args"].get("batch_size", 128)
+            trainer.logger.info(f"DDP: {ctx.world_size} processes x {trainer.data.train_loader.batch_size} images = "
+                                f"global batch {batch} at lr {config['optimizer']['args'].get('lr')}")
+        result = trainer.fit()
+    finally:
+        shutdown_distributed()
     if result.get("interrupted"):
         return 130
-    trainer.logger.info(f"done: {run_dir / 'last.pth'}")
+    if run_dir is not None:
+        trainer.logger.info(f"done: {run_dir / 'last.pth'}")
     return 0

@@ -184,7 +184,7 @@ def run_test_all(args: argparse.Namespace, priors: Sequence[str]) -> list[dict[s
     rows: list[dict[str, Any]] = []
     for run, data in loaded:
         expert_logits, targets = collect_logits(run.model, data.test_loader, run.config["trainer"].get("amp", "off"))
-        subsets = {p: data.test_set.test_prior_indices(p) for p in priors}
+        subsets = {p: data.test_set.test_prior_indices(p, run.cls_num_list) for p in priors}
         masks = masks_for(run.cls_num_list, run.config["evaluation"])
         rows += [{**_base_row(run), **r} for r in prior_reports(expert_logits, targets, subsets, masks, posthoc)]
     tables = []

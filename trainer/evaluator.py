@@ -24,7 +24,7 @@ def collect_logits(model: nn.Module, loader: BatchLoader, amp: str = "off") -> t
     """Per-expert logits (N, E, C) as float32 on the CPU and the targets (N,), in one pass over ``loader``."""
     model.eval()
     chunks, targets = [], []
-    device = loader.dataset.images.device
+    device = loader.device
     for images, target in loader.batches(0):
         with autocast_context(device, amp):
             out = model(images)

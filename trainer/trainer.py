@@ -16,6 +16,7 @@ import torch.nn as nn
 from data_loader.factory import DataBundle, build_data
 from trainer.build import (build_combiner, build_criterion, build_model, build_optimizer, build_scheduler,
                            frozen_batchnorm_to_eval, init_from_checkpoint, num_experts_of)
+from trainer.distributed import DistContext, any_rank, barrier, convert_sync_batchnorm, sum_over_ranks, wrap_ddp
 from trainer.evaluator import autocast_context, masks_for, validation_metrics
 from utils.checkpoint import CheckpointError, save_checkpoint, strip_prefixes, unwrap_model
 from utils.config import config_stem
@@ -63,19 +64,27 @@ class StopRequest:
 
 
 class Trainer:
-    """Trains one config: builds data, model, loss, optimizer, schedule and combiner, then runs the epochs."""
+    """Trains one config: builds data, model, loss, optimizer, schedule and combiner, then runs the epochs.
+
+    Under torchrun (``dist`` with world_size > 1) every process trains on its share of each global batch inside
+    DistributedDataParallel; pass ``run_dir=None`` and ``quiet=True`` on the non-primary ranks (rank 0 alone logs,
+    validates and checkpoints).
+    """
 
     def __init__(self, config: dict[str, Any], device: torch.device, run_dir: Path | None = None,
                  resume_state: dict[str, Any] | None = None, limit_batches: int | None = None, quiet: bool = False,
-                 callbacks: Sequence[Callable[["Trainer", int, int], None]] = (), data: DataBundle | None = None) -> None:
+                 callbacks: Sequence[Callable[["Trainer", int, int], None]] = (), data: DataBundle | None = None,
+                 dist: DistContext | None = None) -> None:
         self.config, self.device, self.run_dir, self.callbacks = config, device, run_dir, list(callbacks)
+        self.dist = dist or DistContext()
         self.cfg_trainer = config["trainer"]
         self.seed = int(config["seed"])
         self.amp = self.cfg_trainer["amp"]
         self.logger = get_logger("lt.train", run_dir / "train.log" if run_dir else None, quiet=quiet)
         self.quiet = quiet
         seed_everything(self.seed, self.cfg_trainer["deterministic"])
-        self.data: DataBundle = data or build_data(config, device, limit_batches=limit_batches)
+        self.data: DataBundle = data or build_data(config, device, limit_batches=limit_batches, rank=self.dist.rank,
+                                                   world_size=self.dist.world_size)
         self.cls_num_list = self.data.cls_num_list
         self.masks = masks_for(self.cls_num_list, config["evaluation"])
         ts = self.data.train_set
@@ -83,6 +92,8 @@ class Trainer:
         self.frozen = init_from_checkpoint(self.model, config["init_from"]) if "init_from" in config else []
         if self.cfg_trainer["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.cfg_trainer["sync_batchnorm"] and self.dist.is_distributed:
+            self.model = convert_sync_batchnorm(self.model)
         self.num_experts = num_experts_of(self.model)
         self.criterion = build_criterion(config, self.cls_num_list, self.num_experts).to(device)
         self.optimizer = build_optimizer(config, self.model)
@@ -98,9 +109,11 @@ class Trainer:
         self.stop = StopRequest()
 
     def _wrap(self, model: nn.Module) -> nn.Module:
-        """DataParallel for n_gpu > 1 on several visible GPUs, optional torch.compile."""
+        """DDP under torchrun, else DataParallel for n_gpu > 1 on several visible GPUs; optional torch.compile."""
         n_gpu = int(self.config.get("n_gpu", 1))
-        if self.device.type == "cuda" and n_gpu > 1 and torch.cuda.device_count() > 1:
+        if self.dist.is_distributed:
+            model = wrap_ddp(model, self.device)
+        elif self.device.type == "cuda" and n_gpu > 1 and torch.cuda.device_count() > 1:
             model = nn.DataParallel(model, device_ids=list(range(min(n_gpu, torch.cuda.device_count()))))
         if self.cfg_trainer["compile"]:
             model = torch.compile(model)
@@ -156,7 +169,7 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def train_epoch(self, epoch: int, start_step: int = 0) -> dict[str, float] | None:
         """One epoch from ``start_step``; returns epoch metrics, or None when interrupted (state already saved)."""
-        self.model.train()
+        self.step_model.train()
         if self.frozen:
             frozen_batchnorm_to_eval(self.model)
         if hasattr(self.criterion, "on_epoch_start"):
@@ -196,7 +209,7 @@ class Trainer:
                 rate = seen / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{100 * float(correct_sum) / seen:.1f}",
                                 img_s=f"{rate:.0f}")
-            if self.stop.requested:
+            if self._stop_requested(step, log_every):
                 bar.close()
                 path = self.save("last.pth", epoch - 1, step + 1)
                 self.logger.info(f"interrupted at epoch {epoch} step {step + 1}/{total_steps}; saved {path}. "
@@ -206,12 +219,22 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
+        if self.dist.is_distributed:  # epoch metrics over the global batches, one collective per epoch
+            totals = sum_over_ranks(torch.cat([torch.stack([loss_sum, correct_sum]), expert_sum,
+                                               torch.tensor([float(seen)], device=self.device)]))
+            loss_sum, correct_sum, expert_sum, seen = totals[0], totals[1], totals[2:-1], int(totals[-1])
         seen = max(seen, 1)
         metrics = {"loss": float(loss_sum) / seen, "accuracy": 100.0 * float(correct_sum) / seen,
                    "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
         if self.num_experts > 1 or float(expert_sum.abs().sum()) > 0:
             metrics.update({f"loss_expert{e}": float(v) / seen for e, v in enumerate(expert_sum.tolist())})
         return metrics
+
+    def _stop_requested(self, step: int, log_every: int) -> bool:
+        """Ctrl-C flag; under DDP all ranks agree on it every ``log_interval`` steps (so they stop at the same step)."""
+        if not self.dist.is_distributed:
+            return self.stop.requested
+        return (step + 1) % log_every == 0 and any_rank(self.stop.requested, self.device)
 
     def _should_validate(self, epoch: int) -> bool:
         """Validate every val_period epochs, after the last epoch, and every epoch when monitoring."""
@@ -233,11 +256,12 @@ class Trainer:
                         return {"interrupted": True, "epoch": epoch}
                     self.scheduler.step()
                     metrics = {"epoch": epoch, **train_metrics}
-                    if self._should_validate(epoch):
+                    if self._should_validate(epoch) and self.dist.is_primary:
                         metrics.update(validation_metrics(self.model, self.data.test_loader, self.masks, self.amp))
                     self.history.append(metrics)
                     self._log_epoch(metrics, epochs, writer)
                     self._checkpoint(epoch, metrics)
+                    barrier()  # other ranks wait for rank 0's validation and checkpoint
         finally:
             writer.close()
         return metrics

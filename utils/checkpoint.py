@@ -57,6 +57,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def load_weights_file(path: str | Path, what: str = "pretrained weights") -> dict[str, torch.Tensor]:
+    """Load a plain state dict (e.g. saved from a torchvision model) with ``weights_only=True``.
+
+    Accepts a bare ``{name: tensor}`` dict or one wrapped under ``state_dict`` / ``model``; wrapper prefixes are
+    stripped. A missing file raises CheckpointError naming the path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}. Create it on a machine with the weights, e.g. "
+                              "torch.save(torchvision.models.resnet152(weights='IMAGENET1K_V1').state_dict(), PATH), "
+                              "and point the config at it")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{path} is not a plain state dict loadable with weights_only=True: "
+                              f"{str(exc).splitlines()[0]}") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return strip_prefixes(state)
+
+
 def strip_prefixes(state_dict: dict[str, torch.Tensor], prefixes: tuple[str, ...] = ("module.", "_orig_mod.")) -> dict[str, torch.Tensor]:
     """Remove DataParallel/DDP/compile wrapper prefixes so weights load into a bare model."""
     out = {}

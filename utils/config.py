@@ -29,6 +29,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "compile": False,
     "tensorboard": True,
     "deterministic": False,
+    "sync_batchnorm": False,   # DDP (torchrun) only: BN statistics over the global batch instead of per process
 }
 EVALUATION_DEFAULTS: dict[str, Any] = {
     "many_threshold": 100,     # many-shot: n_c > many_threshold

@@ -1,0 +1,114 @@
+"""Loader for image-file data sets: a persistent torch DataLoader decodes and transforms images in worker processes.
+
+Same interface as ``BatchLoader`` (``batches(epoch, start_step)``, ``len``, ``set_epoch``, rank sharding). The epoch
+order is the same seeded permutation; every sample's augmentation is seeded from (seed, epoch, position in the
+global epoch order), so a batch is a pure function of (seed, epoch, step) regardless of worker count, and a DDP run
+augments each image exactly as a single-process run over the same global batch. Resuming mid-epoch is exact.
+Limits: bit-exactness also needs the same PIL/torchvision versions (resampling code) on resume.
+"""
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms.functional import pil_to_tensor
+
+from data_loader.augment import normalize
+from data_loader.image_lists import ImageListDataset
+from data_loader.image_transforms import IMAGE_AUGMENTS, ImageTransform, eval_transform
+from data_loader.loader import LOADERS, STREAM_AUGMENT, BatchLoader
+from utils.seed import derive_seed
+
+SampleKey = tuple[int, int, int]  # (index in the data set, epoch, position in the global epoch order)
+
+
+class SampleReader(Dataset):
+    """Worker side: decode one image, apply the transform under a per-sample seed, return (uint8 CHW, label)."""
+
+    def __init__(self, dataset: ImageListDataset, transform: ImageTransform, seed: int) -> None:
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int]:
+        index, epoch, position = key
+        image = self.dataset.load_image(index)
+        with torch.random.fork_rng(devices=[]):  # never disturb the caller's global generator (num_workers=0)
+            torch.manual_seed(derive_seed(self.seed, epoch, position, STREAM_AUGMENT))
+            image = self.transform(image)
+        return pil_to_tensor(image), int(self.dataset.targets[index])
+
+
+class EpochBatchSampler(Sampler):
+    """Main-process side: yields the sample keys of the configured epoch's batches from ``start_step`` on."""
+
+    def __init__(self, loader: "ImageListLoader") -> None:
+        self.loader, self.epoch, self.start_step = loader, 0, 0
+
+    def __len__(self) -> int:
+        return len(self.loader) - self.start_step
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        loader, epoch, start = self.loader, self.epoch, self.start_step
+        order = loader.epoch_order(epoch).tolist()
+        b = loader.batch_size
+        for step in range(start, len(loader)):
+            first = step * b
+            yield [(idx, epoch, loader.global_position(first + j)) for j, idx in enumerate(order[first:first + b])]
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed Python and NumPy in a worker from torch's per-worker seed (for third-party transforms)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+@LOADERS.register("image_list")
+class ImageListLoader(BatchLoader):
+    """Batches of decoded, transformed images: uint8 from the workers, normalised on ``device``."""
+
+    augments = IMAGE_AUGMENTS
+    default_augment = "imagenet"
+
+    def __init__(self, dataset: ImageListDataset, batch_size: int, sampler: str = "random",
+                 augment: ImageTransform | None = None, seed: int = 0, drop_last: bool = False,
+                 channels_last: bool = False, limit_batches: int | None = None, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 0, device: torch.device | str = "cpu") -> None:
+        super().__init__(dataset, batch_size, sampler, None, seed, drop_last, channels_last, limit_batches, rank,
+                         world_size)  # type: ignore[arg-type]
+        self.transform = augment or eval_transform(dataset.resize_size, dataset.image_size)
+        self.num_workers, self._device = num_workers, torch.device(device)
+        self.batch_sampler = EpochBatchSampler(self)
+        self._torch_loader: DataLoader | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Device the normalised batches are produced on."""
+        return self._device
+
+    def global_position(self, rank_position: int) -> int:
+        """Position in the padded global epoch order of this rank's ``rank_position``-th sample."""
+        return rank_position * self.world_size + self.rank
+
+    def torch_loader(self) -> DataLoader:
+        """The persistent DataLoader (workers survive between epochs; seeded; pinned memory on CUDA)."""
+        if self._torch_loader is None:
+            workers = self.num_workers
+            self._torch_loader = DataLoader(
+                SampleReader(self.dataset, self.transform, self.seed), batch_sampler=self.batch_sampler,
+                num_workers=workers, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                worker_init_fn=seed_worker if workers > 0 else None,
+                generator=torch.Generator().manual_seed(self.seed))
+        return self._torch_loader
+
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (normalised float images, targets) of ``epoch`` from batch ``start_step`` on."""
+        self.batch_sampler.epoch, self.batch_sampler.start_step = epoch, start_step
+        for images, targets in self.torch_loader():
+            images = images.to(self.device, non_blocking=True)
+            yield normalize(images, self.dataset.mean, self.dataset.std, self.channels_last), targets.to(self.device)
