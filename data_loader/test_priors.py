@@ -37,6 +37,14 @@ def make_test_priors(test_list: Path, train_list: Path, out_dir: Path, prefix: s
     return written
 
 
+def default_prefix(stem: str) -> str:
+    """'ImageNet_LT_test' -> 'ImageNet_LT_', 'iNaturalist18_val' -> 'iNaturalist18_', 'mine' -> 'mine_'."""
+    for split in ("test", "val"):
+        if stem.endswith(split):
+            return stem[: -len(split)]
+    return f"{stem}_"
+
+
 def make_test_priors_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m utils.make_test_priors``."""
     p = argparse.ArgumentParser(description="Build forward/backward-K (and uniform) test lists from a balanced test "
@@ -44,7 +52,8 @@ def make_test_priors_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--test_list", required=True, help="balanced test list, e.g. data_txt/ImageNet_LT/ImageNet_LT_test.txt")
     p.add_argument("--train_list", required=True, help="training list (its per-class counts rank the classes)")
     p.add_argument("--out_dir", help="folder for the lists (default: the test list's folder)")
-    p.add_argument("--prefix", help="file name prefix, e.g. ImageNet_LT_ (default: test list name up to 'test')")
+    p.add_argument("--prefix", help="file name prefix, e.g. ImageNet_LT_ (default: the test list's name without "
+                                    "its trailing 'test' or 'val')")
     p.add_argument("--dataset", choices=sorted(DATASET_PRIORS), help="use this benchmark's prior set")
     p.add_argument("--priors", nargs="+", help="explicit priors, e.g. forward50 uniform backward50")
     p.add_argument("--num_classes", type=int, help="class count (default: largest label + 1)")
@@ -52,7 +61,7 @@ def make_test_priors_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     test_list = Path(args.test_list)
     priors = args.priors or DATASET_PRIORS.get(args.dataset or "", CIFAR_TEST_PRIORS)
-    prefix = args.prefix if args.prefix is not None else test_list.stem.rsplit("test", 1)[0]
+    prefix = args.prefix if args.prefix is not None else default_prefix(test_list.stem)
     try:
         written = make_test_priors(test_list, Path(args.train_list), Path(args.out_dir or test_list.parent), prefix,
                                    priors, args.seed, args.num_classes)

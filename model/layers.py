@@ -13,7 +13,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 
 
 class ExpertConv2d(nn.Module):
@@ -38,6 +37,22 @@ class ExpertConv2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"experts={self.num_experts}, {self.in_channels}->{self.out_channels}, k={self.weight.shape[-1]}, "
                 f"stride={self.stride}, groups={self.groups}")
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose backward also sums (each rank's inputs influence every rank's loss)."""
+
+    @staticmethod
+    def forward(ctx: object, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 class ExpertBatchNorm2d(nn.Module):
@@ -75,11 +90,11 @@ class ExpertBatchNorm2d(nn.Module):
         """Training-mode BN with mean/variance over all processes (differentiable all-reduces, fp32 statistics)."""
         xf = x.float()
         count = torch.tensor([x.numel() / x.shape[1]], device=x.device)
-        totals = differentiable_all_reduce(torch.cat([xf.sum(dim=(0, 2, 3)), count]))
+        totals = _AllReduceSum.apply(torch.cat([xf.sum(dim=(0, 2, 3)), count]))
         n = totals[-1].detach()
         mean = totals[:-1] / n
         centred = xf - mean.view(1, -1, 1, 1)
-        var = differentiable_all_reduce((centred * centred).sum(dim=(0, 2, 3))) / n
+        var = _AllReduceSum.apply((centred * centred).sum(dim=(0, 2, 3))) / n
         with torch.no_grad():
             self.running_mean[sl].mul_(1 - self.momentum).add_(self.momentum * mean)
             self.running_var[sl].mul_(1 - self.momentum).add_(self.momentum * var * n / (n - 1).clamp_min(1))

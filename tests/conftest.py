@@ -5,6 +5,7 @@ import copy
 import gzip
 import json
 import pickle
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -93,6 +95,18 @@ def fmnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fmnist(tmp_path_factory.mktemp("fmnist"), 60, 20)
 
 
+def with_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``config`` with dotted keys (``a.b.c``) set to the given values."""
+    config = copy.deepcopy(config)
+    for key, value in overrides.items():
+        node = config
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return config
+
+
 def tiny_config(data_dir: Path, save_dir: Path, dataset: str = "cifar10_lt", epochs: int = 2, **overrides: Any) -> dict[str, Any]:
     """A fast BalPoE config on tiny data (ResNet-8, width 4, 3 experts, mixup)."""
     config = {
@@ -109,16 +123,84 @@ def tiny_config(data_dir: Path, save_dir: Path, dataset: str = "cifar10_lt", epo
         "trainer": {"epochs": epochs, "save_dir": str(save_dir), "save_period": 1, "val_period": 1, "tensorboard": False},
         "evaluation": {"many_threshold": 40, "few_threshold": 15, "test_batch_size": 64},
     }
-    for key, value in overrides.items():
-        node = config
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return copy.deepcopy(config)
+    return with_overrides(config, overrides)
+
+
+def train_with_interrupt(argv: list[str], at: tuple[int, int]) -> int:
+    """Run train_main with a Ctrl-C raised after batch ``at = (epoch, step)``; returns the exit code (130)."""
+    import trainer.trainer as trainer_module
+    from trainer.cli import train_main
+
+    original = trainer_module.Trainer.__init__
+
+    def init_with_interrupt(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.callbacks.append(lambda tr, epoch, step: signal.raise_signal(signal.SIGINT) if (epoch, step) == at else None)
+
+    trainer_module.Trainer.__init__ = init_with_interrupt
+    try:
+        return train_main(argv)
+    finally:
+        trainer_module.Trainer.__init__ = original
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     """Write a config dict as JSON."""
     path.write_text(json.dumps(config, indent=2))
     return path
+
+
+# ----------------------------------------------------------------------------- image-file data sets (txt lists)
+LIST_TRAIN_COUNTS = (12, 9, 6, 4, 3, 2)  # 6 classes, imbalance ratio 6
+
+
+def write_jpeg(path: Path, label: int, index: int, num_classes: int) -> None:
+    """A small JPEG (8 to 64 px per side, varied aspect) whose colour encodes the class."""
+    rng = np.random.RandomState(index)
+    w, h = 8 + (index * 7) % 57, 8 + (index * 11) % 57
+    base = np.array([40 + 180 * label // max(num_classes - 1, 1), 120, 220 - 180 * label // max(num_classes - 1, 1)])
+    pixels = np.clip(base + rng.randint(-15, 16, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, quality=90)
+
+
+def write_image_lists(root: Path, prefix: str, train_counts: tuple[int, ...] = LIST_TRAIN_COUNTS,
+                      test_per_class: int = 4, val_per_class: int = 2) -> tuple[Path, Path]:
+    """JPEGs under root/images/{train,val}/c<k>/ and <prefix>{train,val,test}.txt lists under root/txt."""
+    data_dir, txt_dir = root / "images", root / "txt"
+    txt_dir.mkdir(parents=True, exist_ok=True)
+    num_classes = len(train_counts)
+    lines: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    counter = 0
+    for label, n_train in enumerate(train_counts):
+        for split, folder, n in (("train", "train", n_train), ("val", "train", val_per_class), ("test", "val", test_per_class)):
+            for i in range(n):
+                rel = f"{folder}/c{label}/{split}_{i}.jpg"
+                write_jpeg(data_dir / rel, label, counter, num_classes)
+                counter += 1
+                lines[split].append(f"{rel} {label}")
+    for split, rows in lines.items():
+        (txt_dir / f"{prefix}{split}.txt").write_text("\n".join(rows) + "\n")
+    return data_dir, txt_dir
+
+
+@pytest.fixture(scope="session")
+def imagenet_lt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fake ImageNet-LT: 6 classes (train 12..2 images, test 4, val 2 per class) in the official list format."""
+    root = tmp_path_factory.mktemp("imagenet_lt")
+    write_image_lists(root, "ImageNet_LT_")
+    return root
+
+
+def image_list_config(root: Path, save_dir: Path, dataset: str = "imagenet_lt", epochs: int = 1, **overrides: Any) -> dict[str, Any]:
+    """A tiny BalPoE config on a fake txt-list data set: narrow ResNet-10 (2 experts), 16-pixel crops."""
+    config = tiny_config(root, save_dir, epochs=epochs)
+    config["name"] = f"tiny_{dataset}"
+    config["arch"] = {"type": "resnet10", "args": {"num_experts": 2, "layer3_output_dim": 8, "layer4_output_dim": 8}}
+    config["data_loader"] = {"type": dataset, "args": {
+        "data_dir": str(root / "images"), "txt_dir": str(root / "txt"), "num_classes": 6, "image_size": 16,
+        "resize_size": 18, "batch_size": 8, "num_workers": 0, "augment": {"type": "imagenet", "args": {"color_jitter": 0.4}}}}
+    config["loss"] = {"type": "balpoe", "args": {"tau_list": [0, 2]}, "tau_min": 0, "tau_max": 2}
+    config["trainer"].update({"save_period": 0, "val_period": 1})
+    config["evaluation"] = {"many_threshold": 8, "few_threshold": 4, "test_batch_size": 16}
+    return with_overrides(config, overrides)

@@ -1,13 +1,12 @@
 """End to end on tiny data in the real formats: train -> checkpoints -> test / test_all -> tables; exact resume."""
 import csv
 import json
-import signal
 import warnings
 
 import pytest
 import torch
 
-from conftest import tiny_config, write_config
+from conftest import tiny_config, train_with_interrupt, write_config
 from trainer.cli import train_main
 from trainer.evaluate import priors_main, uniform_main
 from trainer.optim import warmup_step_factor
@@ -94,20 +93,7 @@ def test_interrupt_then_resume_equals_uninterrupted(cifar10_dir, tmp_path):
     assert train_main(["-c", str(config), "-d", "cpu", "--quiet"]) == 0
     reference = run_dirs(tmp_path / "a")[0] / "last.pth"
 
-    import trainer.trainer as trainer_module
-
-    original = trainer_module.Trainer.__init__
-
-    def init_with_interrupt(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        self.callbacks.append(lambda tr, epoch, step: signal.raise_signal(signal.SIGINT) if (epoch, step) == (2, 1) else None)
-
-    trainer_module.Trainer.__init__ = init_with_interrupt
-    try:
-        code = train_main(["-c", str(config), "-d", "cpu", "--quiet", "--save_dir", str(tmp_path / "b")])
-    finally:
-        trainer_module.Trainer.__init__ = original
-    assert code == 130
+    assert train_with_interrupt(["-c", str(config), "-d", "cpu", "--quiet", "--save_dir", str(tmp_path / "b")], (2, 1)) == 130
     interrupted = run_dirs(tmp_path / "b")[0] / "last.pth"
     state = load_checkpoint(interrupted)
     assert (state["epoch"], state["step"]) == (1, 2)  # one full epoch + 2 batches of epoch 2
