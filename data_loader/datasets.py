@@ -276,12 +276,19 @@ def dataset_info(name: str, args: dict[str, Any] | None = None) -> dict[str, Any
 
 
 def synthetic_dataset(name: str, split: str = "train", imb_factor: float = 0.01, seed: int = 0,
-                      scale: float = 1.0) -> ImageTensorDataset:
-    """Random uint8 images with a registered data set's shape and LT class counts (benchmarks, smoke tests)."""
-    info = DATASETS.get(name).info  # type: ignore[attr-defined]
+                      scale: float = 1.0, args: dict[str, Any] | None = None,
+                      max_images: int | None = None) -> ImageTensorDataset:
+    """Random uint8 images with a registered data set's shape and LT class counts (benchmarks, smoke tests).
+
+    ``args`` (data_loader.args) adjust the shape (e.g. image_size); ``max_images`` keeps a random subset so that
+    ImageNet-sized profiles fit in memory.
+    """
+    info = dataset_info(name, args)
     per_class = max(1, int(info["train_per_class" if split == "train" else "test_per_class"] * scale))
     counts = lt_class_counts(per_class, info["num_classes"], imb_factor) if split == "train" else [per_class] * info["num_classes"]
     gen = torch.Generator().manual_seed(seed)
     targets = torch.repeat_interleave(torch.arange(info["num_classes"]), torch.tensor(counts))
+    if max_images is not None and len(targets) > max_images:
+        targets = targets[torch.randperm(len(targets), generator=gen)[:max_images]].sort().values
     images = torch.randint(0, 256, (len(targets), *info["image_shape"]), generator=gen, dtype=torch.uint8)
     return ImageTensorDataset(images, targets, info["num_classes"], info["mean"], info["std"], f"{name}/{split}/synthetic")

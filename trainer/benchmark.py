@@ -10,8 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from data_loader.datasets import DataNotFoundError, synthetic_dataset
-from data_loader.factory import DataBundle, build_data, split_loader_args
-from data_loader.augment import AUGMENTS
+from data_loader.factory import DataBundle, build_augment, build_data, loader_class, split_loader_args
 from data_loader.loader import BatchLoader
 from trainer.build import resolve_device
 from trainer.cli import apply_overrides
@@ -20,14 +19,23 @@ from trainer.trainer import Trainer
 from utils.config import load_json, resolve_config
 
 
+SYNTHETIC_MAX_IMAGES = 4096  # keeps ImageNet-sized profiles (224 px) within a few GB
+
+
 def synthetic_bundle(config: dict[str, Any], device: torch.device) -> DataBundle:
-    """Random images with the configured data set's shape and LT counts (no files needed)."""
+    """Random images with the configured data set's shape and LT counts (no files needed).
+
+    Image-file data sets become in-memory tensors without augmentation: the model's throughput is measured, not
+    JPEG decoding (benchmark the real files for that).
+    """
     name = config["data_loader"]["type"]
     dataset_args, loader_args = split_loader_args(config["data_loader"])
-    train = synthetic_dataset(name, "train", dataset_args.get("imb_factor", 0.01)).to(device)
-    test = synthetic_dataset(name, "test", seed=1).to(device)
+    train = synthetic_dataset(name, "train", dataset_args.get("imb_factor", 0.01), args=dataset_args,
+                              max_images=SYNTHETIC_MAX_IMAGES).to(device)
+    test = synthetic_dataset(name, "test", seed=1, args=dataset_args, max_images=SYNTHETIC_MAX_IMAGES).to(device)
     channels_last = config["trainer"]["channels_last"]
-    augment = AUGMENTS.build(loader_args.get("augment", "standard"), "data_loader.args.augment")
+    tensor_kind = loader_class(name) is BatchLoader
+    augment = build_augment(name, loader_args, train.image_shape[-1]) if tensor_kind else None
     return DataBundle(train, test,
                       BatchLoader(train, loader_args.get("batch_size", 128), "random", augment, config["seed"], False, channels_last),
                       BatchLoader(test, config["evaluation"]["test_batch_size"], "sequential", None, 0, False, channels_last))
@@ -56,11 +64,9 @@ def run_benchmark(config: dict[str, Any], device: torch.device, steps: int, warm
     trainer.train_epoch(1)
     loader.limit_batches = steps
     train = trainer.train_epoch(2)
-    test_loader = data.test_loader
-    n_eval = min(len(data.test_set), eval_batches * test_loader.batch_size)
-    subset = BatchLoader(type(data.test_set)(data.test_set.images[:n_eval], data.test_set.targets[:n_eval],
-                                             data.test_set.num_classes, data.test_set.mean, data.test_set.std, "bench"),
-                         test_loader.batch_size, "sequential", None, 0, False, test_loader.channels_last)
+    subset = data.test_loader
+    subset.limit_batches = eval_batches  # the first eval_batches batches of the test set (any loader kind)
+    n_eval = min(len(data.test_set), eval_batches * subset.batch_size)
     collect_logits(trainer.model, subset, trainer.amp)  # warm-up
     start = time.perf_counter()
     collect_logits(trainer.model, subset, trainer.amp)

@@ -45,10 +45,31 @@ def build_criterion(config: dict[str, Any], cls_num_list: Sequence[int], num_exp
     return LOSSES.build(config["loss"], "loss", cls_num_list=list(cls_num_list), num_experts=num_experts)
 
 
+def parameter_groups(model: nn.Module, group_lr: dict[str, float]) -> list[dict[str, Any]]:
+    """Trainable parameters split by name prefix into groups with their own learning rate (rest: optimizer.args.lr).
+
+    ``optimizer.group_lr`` = ``{"trunk.": 0.001, "branch.": 0.001}`` gives the backbone a smaller rate than the heads
+    (SADE's Places-LT fine-tuning); the first matching prefix wins.
+    """
+    groups: dict[str, list[nn.Parameter]] = {prefix: [] for prefix in group_lr}
+    rest = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            prefix = next((p for p in group_lr if name.startswith(p)), None)
+            (groups[prefix] if prefix is not None else rest).append(param)
+    unused = [p for p, params in groups.items() if not params]
+    if unused:
+        raise ConfigError(f"optimizer.group_lr prefix(es) {unused} match no trainable parameter; names start with "
+                          f"{sorted({n.split('.')[0] + '.' for n, _ in model.named_parameters()})}")
+    return [{"params": rest}] + [{"params": params, "lr": float(group_lr[p])} for p, params in groups.items()]
+
+
 def build_optimizer(config: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
-    """The configured optimizer over all trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return OPTIMIZERS.build(config["optimizer"], "optimizer", params=params)
+    """The configured optimizer over all trainable parameters (per-prefix learning rates from ``optimizer.group_lr``)."""
+    group_lr = config["optimizer"].get("group_lr", {})
+    if not isinstance(group_lr, dict) or not all(isinstance(v, (int, float)) for v in group_lr.values()):
+        raise ConfigError(f"optimizer.group_lr must map parameter-name prefixes to learning rates, got {group_lr!r}")
+    return OPTIMIZERS.build(config["optimizer"], "optimizer", params=parameter_groups(model, group_lr))
 
 
 def build_scheduler(config: dict[str, Any], optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
