@@ -44,21 +44,28 @@ class SampleReader(Dataset):
 
 
 class EpochBatchSampler(Sampler):
-    """Main-process side: yields the sample keys of the configured epoch's batches from ``start_step`` on."""
+    """Main-process side: yields the sample keys of one epoch's batches from ``start_step`` on.
 
-    def __init__(self, loader: "ImageListLoader") -> None:
-        self.loader, self.epoch, self.start_step = loader, 0, 0
+    It holds plain data only (no reference back to the loader), so dropping a loader frees its workers at once.
+    """
+
+    def __init__(self, batch_size: int, rank: int, world_size: int) -> None:
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.order: list[int] = []
+        self.epoch = self.start_step = self.steps = 0
+
+    def configure(self, order: list[int], epoch: int, start_step: int, steps: int) -> None:
+        """Select this rank's epoch order and the steps to serve next."""
+        self.order, self.epoch, self.start_step, self.steps = order, epoch, start_step, steps
 
     def __len__(self) -> int:
-        return len(self.loader) - self.start_step
+        return self.steps - self.start_step
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
-        loader, epoch, start = self.loader, self.epoch, self.start_step
-        order = loader.epoch_order(epoch).tolist()
-        b = loader.batch_size
-        for step in range(start, len(loader)):
-            first = step * b
-            yield [(idx, epoch, loader.global_position(first + j)) for j, idx in enumerate(order[first:first + b])]
+        order, epoch, b, rank, world = self.order, self.epoch, self.batch_size, self.rank, self.world_size
+        for step in range(self.start_step, self.steps):
+            first = step * b  # position j of this rank's order is position j * world + rank of the global order
+            yield [(idx, epoch, (first + j) * world + rank) for j, idx in enumerate(order[first:first + b])]
 
 
 def seed_worker(worker_id: int) -> None:
@@ -83,17 +90,13 @@ class ImageListLoader(BatchLoader):
                          world_size)  # type: ignore[arg-type]
         self.transform = augment or eval_transform(dataset.resize_size, dataset.image_size)
         self.num_workers, self._device = num_workers, torch.device(device)
-        self.batch_sampler = EpochBatchSampler(self)
+        self.batch_sampler = EpochBatchSampler(batch_size, rank, world_size)
         self._torch_loader: DataLoader | None = None
 
     @property
     def device(self) -> torch.device:
         """Device the normalised batches are produced on."""
         return self._device
-
-    def global_position(self, rank_position: int) -> int:
-        """Position in the padded global epoch order of this rank's ``rank_position``-th sample."""
-        return rank_position * self.world_size + self.rank
 
     def torch_loader(self) -> DataLoader:
         """The persistent DataLoader (workers survive between epochs; seeded; pinned memory on CUDA)."""
@@ -108,7 +111,8 @@ class ImageListLoader(BatchLoader):
 
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (normalised float images, targets) of ``epoch`` from batch ``start_step`` on."""
-        self.batch_sampler.epoch, self.batch_sampler.start_step = epoch, start_step
+        self.batch_sampler.configure(self.epoch_order(epoch).tolist(), epoch, start_step, len(self))
         for images, targets in self.torch_loader():
             images = images.to(self.device, non_blocking=True)
-            yield normalize(images, self.dataset.mean, self.dataset.std, self.channels_last), targets.to(self.device)
+            yield (normalize(images, self.dataset.mean, self.dataset.std, self.channels_last),
+                   targets.to(self.device, non_blocking=True))

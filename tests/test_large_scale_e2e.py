@@ -66,6 +66,8 @@ def test_test_py_on_an_image_list_checkpoint(imagenet_runs, capsys):
     assert uniform_main(["-r", ckpt, "-d", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "expert1" in out and "ece" in out
+    assert uniform_main(["-r", ckpt, "-d", "cpu", "--txt_dir", str(imagenet_runs / "elsewhere")]) == 2
+    assert "image list not found: " + str(imagenet_runs / "elsewhere" / "ImageNet_LT_test.txt") in capsys.readouterr().err
 
 
 def test_image_list_training_resumes_exactly(imagenet_lt_dir, tmp_path):

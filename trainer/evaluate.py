@@ -108,6 +108,7 @@ def build_parser(description: str, with_priors: bool) -> argparse.ArgumentParser
                    help="checkpoint(s): paths, quoted globs ('saved/x/seed*/last.pth') or run directories")
     p.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--data_dir", help="override the data directory stored in the checkpoint's config")
+    p.add_argument("--txt_dir", help="override the folder of the image lists (txt-list data sets, see data_txt/README.md)")
     p.add_argument("--batch_size", type=int, help="evaluation batch size (default: evaluation.test_batch_size)")
     p.add_argument("--out", help="folder for results.csv/.md/.tex (+ plot); default results/<name>-<time> for several checkpoints")
     if with_priors:
@@ -122,6 +123,8 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     if args.data_dir:
         out.append(("data_loader.args.data_dir", args.data_dir))
+    if args.txt_dir:
+        out.append(("data_loader.args.txt_dir", args.txt_dir))
     if args.batch_size:
         out.append(("evaluation.test_batch_size", args.batch_size))
     return out
