@@ -10,6 +10,7 @@ import torch.nn as nn
 import data_loader  # noqa: F401  (registers data sets, samplers, augmentations)
 import model  # noqa: F401  (registers architectures and losses)
 from model.registry import LOSSES, MODELS
+from model.router import attach_router
 from trainer.combiner import COMBINERS, Combiner
 from trainer.optim import OPTIMIZERS, SCHEDULERS
 from utils.registry import ConfigError
@@ -31,8 +32,11 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def build_model(config: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
-    """The configured architecture; class count and input channels come from the data set."""
-    return MODELS.build(config["arch"], "arch", num_classes=num_classes, in_channels=in_channels)
+    """The configured architecture (plus the optional ``arch.router``); class count and channels come from the data set."""
+    model = MODELS.build(config["arch"], "arch", num_classes=num_classes, in_channels=in_channels)
+    if "router" in config["arch"]:
+        attach_router(model, config["arch"]["router"])
+    return model
 
 
 def num_experts_of(model: nn.Module) -> int:
@@ -64,6 +68,17 @@ def build_combiner(config: dict[str, Any], epoch: int | None = None) -> Combiner
     return COMBINERS.build(config.get("combiner", "default"), "combiner")
 
 
+def load_stage_checkpoint(path: str, key: str) -> dict[str, Any]:
+    """Load the checkpoint an earlier stage wrote; a missing file names the config key and how to set it."""
+    from utils.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{key}: {exc}. Train the earlier stage first and point to its checkpoint, "
+                              f"e.g. --set {key}=saved/<name>/seed<seed>-<time>/last.pth") from None
+
+
 INIT_FROM_KEYS = {"checkpoint": str, "exclude": list, "freeze": list, "strict": bool}
 
 
@@ -73,13 +88,14 @@ def init_from_checkpoint(model: nn.Module, spec: dict[str, Any]) -> list[str]:
     Used by two-stage methods (cRT, RIDE's router, Class-Balanced Experts): ``{"checkpoint": path, "exclude":
     ["head."], "freeze": ["trunk.", "branch."]}``. Returns the names of the frozen parameters.
     """
-    from utils.checkpoint import load_checkpoint, strip_prefixes
+    from utils.checkpoint import strip_prefixes
 
     unknown = set(spec) - set(INIT_FROM_KEYS)
     if unknown or "checkpoint" not in spec:
         raise ConfigError(f"init_from needs 'checkpoint' and accepts {', '.join(INIT_FROM_KEYS)}; got {sorted(spec)}")
     exclude = tuple(spec.get("exclude", []))
-    weights = {k: v for k, v in strip_prefixes(load_checkpoint(spec["checkpoint"])["model"]).items() if not k.startswith(exclude)}
+    state = load_stage_checkpoint(spec["checkpoint"], "init_from.checkpoint")
+    weights = {k: v for k, v in strip_prefixes(state["model"]).items() if not k.startswith(exclude)}
     own = model.state_dict()
     mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
     if mismatched:

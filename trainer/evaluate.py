@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from data_loader.factory import DataBundle, build_data, split_loader_args
 from trainer.build import build_model, resolve_device
+from trainer.cost import expert_cost, routing_report
 from trainer.evaluator import collect_logits, masks_for, prior_reports, uniform_report
 from utils.checkpoint import CheckpointError, load_checkpoint, strip_prefixes
 from utils.config import config_stem, resolve_config, set_by_path
@@ -112,6 +113,9 @@ def build_parser(description: str, with_priors: bool) -> argparse.ArgumentParser
     p.add_argument("--data_dir", help="override the data directory stored in the checkpoint's config")
     p.add_argument("--batch_size", type=int, help="evaluation batch size (default: evaluation.test_batch_size)")
     p.add_argument("--out", help="folder for results.csv/.md/.tex (+ plot); default results/<name>-<time> for several checkpoints")
+    p.add_argument("--router_threshold", type=float,
+                   help="router models: early-exit threshold on sigmoid(router logit) (arch.router.args.threshold); "
+                        "higher -> fewer experts per sample")
     if with_priors:
         p.add_argument("--posthoc_bias_correction", action="store_true",
                        help="also report accuracies after adding the log test prior to the logits")
@@ -126,6 +130,8 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
         out.append(("data_loader.args.data_dir", args.data_dir))
     if args.batch_size:
         out.append(("evaluation.test_batch_size", args.batch_size))
+    if getattr(args, "router_threshold", None) is not None:
+        out.append(("arch.router.args.threshold", args.router_threshold))
     return out
 
 
@@ -167,14 +173,24 @@ def run_test(args: argparse.Namespace) -> list[dict[str, Any]]:
     _, loaded = _load_all(args)
     rows = []
     for run, data in loaded:
-        expert_logits, targets = collect_logits(run.model, data.test_loader, run.config["trainer"].get("amp", "off"))
-        report = uniform_report(expert_logits, targets, masks_for(run.cls_num_list, run.config["evaluation"]))
+        extras: dict[str, torch.Tensor] = {}
+        expert_logits, targets = collect_logits(run.model, data.test_loader, run.config["trainer"].get("amp", "off"), extras)
+        masks = masks_for(run.cls_num_list, run.config["evaluation"])
+        report = uniform_report(expert_logits, targets, masks)
+        if "experts_used" in extras:  # router models: experts per sample and the resulting expected compute
+            cost = expert_cost(run.model, data.test_set.image_shape)
+            report.update(routing_report(extras["experts_used"], targets, masks, cost))
         rows.append({**_base_row(run), "prior": "uniform", **report})
-    experts = sorted({k for r in rows for k in r if k.startswith("expert")}, key=lambda k: int(k[len("expert"):]))
-    columns = list(GROUPS) + ["ece", "mce", "nll", "brier"] + experts
+    experts = sorted({k for r in rows for k in r if k.startswith("expert") and k[len("expert"):].isdigit()},
+                     key=lambda k: int(k[len("expert"):]))
+    routing = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith(("experts_", "pct_", "gmacs"))]
+    columns = list(GROUPS) + ["ece", "mce", "nll", "brier"] + experts + routing
     header, body = seed_table([{**r, "metric": c, "value": r.get(c, float("nan"))} for r in rows for c in columns],
                               "metric", columns, "value", group_key="method")
     caption = "uniform test set: top-1 (%) all/many/medium/few, ECE/MCE (%), NLL, Brier, per-expert top-1 (%)"
+    if "experts_mean" in rows[0]:
+        caption += ("; router: experts used (mean, per true-class group), % of samples using k experts, expected GMACs "
+                    "per image (per-expert columns of skipped experts hold the mean of the used ones)")
     print(render(header, body, "text", caption))
     _write(_out_dir(args, [r for r, _ in loaded], "test"), rows, [(caption, header, body)])
     return rows

@@ -19,17 +19,31 @@ def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractConte
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+# Optional per-sample model outputs that collect_logits gathers next to the logits (a router's experts used, 1..E).
+PER_SAMPLE_OUTPUTS = ("experts_used",)
+
+
 @torch.inference_mode()
-def collect_logits(model: nn.Module, loader: BatchLoader, amp: str = "off") -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-expert logits (N, E, C) as float32 on the CPU and the targets (N,), in one pass over ``loader``."""
+def collect_logits(model: nn.Module, loader: BatchLoader, amp: str = "off",
+                   extras: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-expert logits (N, E, C) as float32 on the CPU and the targets (N,), in one pass over ``loader``.
+
+    When ``extras`` is a dict, the PER_SAMPLE_OUTPUTS the model returns are stored in it (CPU tensors of length N).
+    """
     model.eval()
     chunks, targets = [], []
+    kept: dict[str, list[torch.Tensor]] = {}
     device = loader.dataset.images.device
     for images, target in loader.batches(0):
         with autocast_context(device, amp):
             out = model(images)
         chunks.append(out["logits"].float())
         targets.append(target)
+        for key in PER_SAMPLE_OUTPUTS:
+            if extras is not None and key in out:
+                kept.setdefault(key, []).append(out[key])
+    if extras is not None:
+        extras.update({key: torch.cat(values).cpu() for key, values in kept.items()})
     return torch.cat(chunks).cpu(), torch.cat(targets).cpu()
 
 

@@ -16,6 +16,7 @@ import torch.nn as nn
 from data_loader.factory import DataBundle, build_data
 from trainer.build import (build_combiner, build_criterion, build_model, build_optimizer, build_scheduler,
                            frozen_batchnorm_to_eval, init_from_checkpoint, num_experts_of)
+from trainer.distill import with_teacher
 from trainer.evaluator import autocast_context, masks_for, validation_metrics
 from utils.checkpoint import CheckpointError, save_checkpoint, strip_prefixes, unwrap_model
 from utils.config import config_stem
@@ -88,7 +89,9 @@ class Trainer:
         self.optimizer = build_optimizer(config, self.model)
         self.scheduler = build_scheduler(config, self.optimizer)
         self.scaler = torch.amp.GradScaler(device.type) if self.amp == "fp16" else None
-        self.step_model = self._wrap(self.model)
+        # the step model adds a frozen teacher's output when the loss distils (config "distill"; trainer/distill.py)
+        self.step_model = self._wrap(
+            with_teacher(config, self.criterion, self.model, ts.num_classes, ts.image_shape[0], device))
         self.start_epoch, self.start_step = 1, 0
         self.monitor_mode, self.monitor_key = self._parse_monitor(self.cfg_trainer["monitor"])
         self.monitor_best = -math.inf if self.monitor_mode == "max" else math.inf
