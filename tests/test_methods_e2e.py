@@ -101,10 +101,10 @@ def test_router_evaluation_reports_experts_and_threshold(ride_runs, capsys):
     rows = {t: run_test(parser.parse_args(["-r", checkpoint, "-d", "cpu", "--router_threshold", str(t)]))[0]
             for t in (0.0, 1.0)}
     out = capsys.readouterr().out
-    assert "experts_mean" in out and "pct_1_experts" in out and "gmacs" in out
+    assert "experts_mean" in out and "pct_1_experts" in out and "mmacs" in out
     assert rows[0.0]["experts_mean"] == 3.0 and rows[0.0]["pct_3_experts"] == 100.0
     assert rows[1.0]["experts_mean"] == 1.0 and rows[1.0]["pct_1_experts"] == 100.0
-    assert rows[1.0]["gmacs"] < rows[0.0]["gmacs"] == pytest.approx(rows[0.0]["gmacs_all_experts"])
+    assert rows[1.0]["mmacs"] < rows[0.0]["mmacs"] == pytest.approx(rows[0.0]["mmacs_all_experts"])
     assert flops_main(["-r", checkpoint, "--router_threshold", "1.0"]) == 0
     assert "expected MACs/image with 100.00 / 0.00 / 0.00 %" in capsys.readouterr().out
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -13,6 +14,7 @@ from model.registry import LOSSES, MODELS
 from model.router import attach_router
 from trainer.combiner import COMBINERS, Combiner
 from trainer.optim import OPTIMIZERS, SCHEDULERS
+from utils.checkpoint import CheckpointError, load_checkpoint, strip_prefixes
 from utils.registry import ConfigError
 
 
@@ -32,7 +34,7 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def build_model(config: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
-    """The configured architecture (plus the optional ``arch.router``); class count and channels come from the data set."""
+    """The configured architecture plus the optional ``arch.router``; class count and channels come from the data."""
     model = MODELS.build(config["arch"], "arch", num_classes=num_classes, in_channels=in_channels)
     if "router" in config["arch"]:
         attach_router(model, config["arch"]["router"])
@@ -69,11 +71,9 @@ def build_combiner(config: dict[str, Any], epoch: int | None = None) -> Combiner
 
 
 def load_stage_checkpoint(path: str, key: str) -> dict[str, Any]:
-    """Load the checkpoint an earlier stage wrote; a missing file names the config key and how to set it."""
-    from utils.checkpoint import CheckpointError, load_checkpoint
-
+    """Load the checkpoint an earlier stage wrote (a run directory means its last.pth); a missing file names the key."""
     try:
-        return load_checkpoint(path)
+        return load_checkpoint(Path(path) / "last.pth" if Path(path).is_dir() else path)
     except CheckpointError as exc:
         raise CheckpointError(f"{key}: {exc}. Train the earlier stage first and point to its checkpoint, "
                               f"e.g. --set {key}=saved/<name>/seed<seed>-<time>/last.pth") from None
@@ -88,8 +88,6 @@ def init_from_checkpoint(model: nn.Module, spec: dict[str, Any]) -> list[str]:
     Used by two-stage methods (cRT, RIDE's router, Class-Balanced Experts): ``{"checkpoint": path, "exclude":
     ["head."], "freeze": ["trunk.", "branch."]}``. Returns the names of the frozen parameters.
     """
-    from utils.checkpoint import strip_prefixes
-
     unknown = set(spec) - set(INIT_FROM_KEYS)
     if unknown or "checkpoint" not in spec:
         raise ConfigError(f"init_from needs 'checkpoint' and accepts {', '.join(INIT_FROM_KEYS)}; got {sorted(spec)}")

@@ -183,14 +183,15 @@ def run_test(args: argparse.Namespace) -> list[dict[str, Any]]:
         rows.append({**_base_row(run), "prior": "uniform", **report})
     experts = sorted({k for r in rows for k in r if k.startswith("expert") and k[len("expert"):].isdigit()},
                      key=lambda k: int(k[len("expert"):]))
-    routing = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith(("experts_", "pct_", "gmacs"))]
+    routing = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith(("experts_", "pct_", "mmacs"))]
     columns = list(GROUPS) + ["ece", "mce", "nll", "brier"] + experts + routing
     header, body = seed_table([{**r, "metric": c, "value": r.get(c, float("nan"))} for r in rows for c in columns],
                               "metric", columns, "value", group_key="method")
     caption = "uniform test set: top-1 (%) all/many/medium/few, ECE/MCE (%), NLL, Brier, per-expert top-1 (%)"
     if "experts_mean" in rows[0]:
-        caption += ("; router: experts used (mean, per true-class group), % of samples using k experts, expected GMACs "
-                    "per image (per-expert columns of skipped experts hold the mean of the used ones)")
+        caption += ("; router: experts used (mean, per true-class group), % of samples using k experts, expected MACs per "
+                    "image in millions (mmacs; / 1000 = the reference's GFLOPs) and with all experts (per-expert columns: "
+                    "skipped experts hold the mean of the used ones)")
     print(render(header, body, "text", caption))
     _write(_out_dir(args, [r for r, _ in loaded], "test"), rows, [(caption, header, body)])
     return rows

@@ -40,7 +40,7 @@ def cost_lines(model: nn.Module, image_shape: tuple[int, ...], percentages: Sequ
         return lines + [f"MACs/image: {count_macs(model, image_shape) / 1e9:.4f} G (no trunk/expert split for this model)"]
     cost = expert_cost(model, image_shape)
     e = cost.num_experts
-    lines += [f"MACs/image with all {e} experts: {cost.all_experts / 1e9:.4f} G ({cost.all_experts / 1e6:.2f} M)",
+    lines += [f"MACs/image, all {e} expert(s): {cost.all_experts / 1e9:.4f} G ({cost.all_experts / 1e6:.2f} M)",
               f"  shared trunk:            {cost.trunk / 1e6:10.3f} M",
               f"  one expert branch:       {cost.branch / 1e6:10.3f} M   (x {e} = {e * cost.branch / 1e6:.3f} M)",
               f"  heads of all experts:    {cost.heads / 1e6:10.3f} M"]
