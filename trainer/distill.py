@@ -75,11 +75,13 @@ class TeacherStudent(nn.Module):
         self.student, self.teacher = student, teacher
 
     def train(self, mode: bool = True) -> "TeacherStudent":
+        """Set the student's mode; the teacher stays in eval mode (fixed BN statistics)."""
         super().train(mode)
         self.teacher.eval()
         return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Student outputs plus the teacher's ensemble output on the same input."""
         out = dict(self.student(x))
         with torch.no_grad():
             out[TEACHER_OUTPUT] = self.teacher(x)["output"].float()
