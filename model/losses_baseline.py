@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.loss import LossOutput
+from model.loss import LossOutput, at_least_fp32
 from model.registry import LOSSES
 
 
@@ -32,8 +32,8 @@ def ldam_margins(cls_num_list: Sequence[int], max_m: float = 0.5) -> torch.Tenso
 
 
 def as_expert_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Accept (B, C) single-model logits as (B, 1, C); returns float32 (B, E, C)."""
-    return (logits.unsqueeze(1) if logits.dim() == 2 else logits).float()
+    """Accept (B, C) single-model logits as (B, 1, C); returns (B, E, C) in at least float32."""
+    return at_least_fp32(logits.unsqueeze(1) if logits.dim() == 2 else logits)
 
 
 def subtract_margin(logits: torch.Tensor, target: torch.Tensor, margins: torch.Tensor, scale: float) -> torch.Tensor:
@@ -121,7 +121,7 @@ def ce_reweight_loss(cls_num_list: list[int], beta: float = 0.9999) -> Reweighte
 
 @LOSSES.register("focal")
 def focal_loss(cls_num_list: list[int], gamma: float = 0.0, reweight: bool = False, beta: float = 0.9999) -> FocalLoss:
-    """Focal loss with focusing parameter ``gamma`` (reference default 0 = CE); ``reweight`` adds class-balanced weights."""
+    """Focal loss with focusing parameter ``gamma`` (reference default 0 = CE); ``reweight``: class-balanced weights."""
     return FocalLoss(gamma, effective_number_weights(cls_num_list, beta) if reweight else None)
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.loss import LossOutput
+from model.loss import LossOutput, at_least_fp32
 from model.losses_baseline import (as_expert_logits, effective_number_weights, ldam_margins, subtract_margin,
                                    weighted_expert_cross_entropy)
 from model.registry import LOSSES
@@ -24,7 +24,8 @@ def diversity_temperature_weights(cls_num_list: Sequence[int], reweight_factor: 
     counts = torch.as_tensor(list(cls_num_list), dtype=torch.float64)
     weights = len(counts) * counts / counts.sum() * reweight_factor + 1.0 - reweight_factor
     if (weights <= 0).any():
-        raise ValueError(f"loss.args.reweight_factor={reweight_factor} makes a diversity temperature <= 0; use a value in [0, 1)")
+        raise ValueError(f"loss.args.reweight_factor={reweight_factor} makes a diversity temperature <= 0; "
+                         "use a value in [0, 1)")
     return (weights / weights.max()).float()
 
 
@@ -66,7 +67,7 @@ class RIDELoss(nn.Module):
         self.reweighting = False
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Deferred re-weighting: class weights and per-class temperatures on for epochs > reweight_epoch (-1: never)."""
+        """Deferred re-weighting: class weights and per-class temperatures for epochs > reweight_epoch (-1: never)."""
         self.reweighting = self.reweight_epoch >= 0 and epoch > self.reweight_epoch
 
     def temperature(self) -> tuple[torch.Tensor | float, float]:
@@ -112,14 +113,15 @@ class RIDEDistillLoss(RIDELoss):
         self.distill_temperature = distill_temperature
         self.ride_loss_factor, self.distill_loss_factor = ride_loss_factor, distill_loss_factor
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, teacher_output: torch.Tensor) -> LossOutput:  # type: ignore[override]
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,  # type: ignore[override]
+                teacher_output: torch.Tensor) -> LossOutput:
         z = as_expert_logits(logits)
         if teacher_output.shape != (z.shape[0], z.shape[2]):
             raise ValueError(f"teacher_output must be (batch, classes) = {(z.shape[0], z.shape[2])}, got "
                              f"{tuple(teacher_output.shape)}: the distill.checkpoint model has a different class count")
         per_expert = self.ride_loss_factor * self.ride_terms(z, target)
         t_d = self.distill_temperature
-        distill = t_d ** 2 * batch_kl(teacher_output.float(), z.mean(dim=1), t_d)
+        distill = t_d ** 2 * batch_kl(teacher_output.to(z.dtype), z.mean(dim=1), t_d)
         return LossOutput(per_expert.sum() + self.distill_loss_factor * distill, per_expert)
 
 
@@ -144,11 +146,14 @@ class RouterLoss(nn.Module):
         super().__init__()
         self.register_buffer("pos_weight", torch.tensor(float(pos_weight)))
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, router_logits: torch.Tensor) -> LossOutput:  # type: ignore[override]
-        targets = router_targets(logits, target)
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,  # type: ignore[override]
+                router_logits: torch.Tensor) -> LossOutput:
+        router_logits = at_least_fp32(router_logits)
+        targets = router_targets(logits, target).to(router_logits.dtype)
         if router_logits.shape != targets.shape:
-            raise ValueError(f"router_logits must be (batch, experts - 1) = {tuple(targets.shape)}, got {tuple(router_logits.shape)}")
-        total = F.binary_cross_entropy_with_logits(router_logits.float(), targets, pos_weight=self.pos_weight)
+            raise ValueError(f"router_logits must be (batch, experts - 1) = {tuple(targets.shape)}, "
+                             f"got {tuple(router_logits.shape)}")
+        total = F.binary_cross_entropy_with_logits(router_logits, targets, pos_weight=self.pos_weight)
         return LossOutput(total, None)
 
 
@@ -156,7 +161,7 @@ class RouterLoss(nn.Module):
 def ride_loss(cls_num_list: list[int], max_m: float = 0.5, s: float = 30.0, reweight: bool = True,
               reweight_epoch: int = -1, reweight_factor: float = 0.05, base_loss_factor: float = 1.0,
               diversity_factor: float = -0.2, diversity_temperature: float = 1.0, beta: float = 0.9999) -> RIDELoss:
-    """RIDE: LDAM-DRW per expert + diversity KL to the ensemble (diversity_factor = reference additional_diversity_factor)."""
+    """RIDE: LDAM-DRW per expert + diversity KL to the ensemble (diversity_factor: additional_diversity_factor)."""
     return RIDELoss(cls_num_list, max_m, s, reweight, reweight_epoch, reweight_factor, base_loss_factor,
                     diversity_factor, diversity_temperature, beta)
 

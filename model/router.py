@@ -45,7 +45,7 @@ class ExpertRouter(nn.Module):
         self.output = nn.Linear(hidden_dim + top_k, 1)
 
     def decision(self, k: int, features: torch.Tensor, mean_logits: torch.Tensor) -> torch.Tensor:
-        """Router logit (B,) "expert k+1 will help" from expert k's pooled features and the mean logits of experts 0..k."""
+        """Router logit (B,) "expert k+1 will help" from expert k's pooled features and the mean logits of 0..k."""
         hidden = F.relu(self.hidden[k](F.normalize(features, dim=-1)))
         confidence = mean_logits.topk(self.top_k, dim=-1).values
         return self.output(torch.cat([confidence.to(hidden.dtype), hidden], dim=-1)).squeeze(-1)
@@ -54,7 +54,8 @@ class ExpertRouter(nn.Module):
         """Training-time router logits (B, E-1) from all experts' logits (B, E, C) and pooled features (B, E, D)."""
         counts = torch.arange(1, logits.shape[1] + 1, device=logits.device, dtype=logits.dtype)
         prefix_mean = logits.cumsum(dim=1) / counts[None, :, None]
-        return torch.stack([self.decision(k, features[:, k], prefix_mean[:, k]) for k in range(self.num_experts - 1)], dim=1)
+        decisions = [self.decision(k, features[:, k], prefix_mean[:, k]) for k in range(self.num_experts - 1)]
+        return torch.stack(decisions, dim=1)
 
     def early_exit(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Inference with per-sample early exit (METHODS.md §7.3) through ``model``'s trunk, branch and head."""
@@ -93,10 +94,11 @@ def ride_router(num_experts: int, feature_dim: int, num_classes: int, top_k: int
 def attach_router(model: nn.Module, block: Any) -> nn.Module:
     """Give a MultiExpertModel the router described by the ``arch.router`` config block (returns the model)."""
     if not isinstance(block, dict) or "type" not in block:
-        raise ConfigError(f"arch.router must be {{\"type\": one of {ROUTERS.names()}, \"args\": {{...}}}}, got {block!r} "
-                          "(a --router_threshold flag needs a checkpoint whose model has a router)")
+        raise ConfigError(f"arch.router must be {{\"type\": one of {ROUTERS.names()}, \"args\": {{...}}}}, "
+                          f"got {block!r} (a --router_threshold flag needs a checkpoint whose model has a router)")
     if not all(hasattr(model, name) for name in ("trunk", "expert_features", "head", "num_experts", "feature_dim")):
-        raise ConfigError(f"arch.router needs a multi-expert model (MultiExpertModel), but arch.type builds {type(model).__name__}")
+        raise ConfigError("arch.router needs a multi-expert model (MultiExpertModel), "
+                          f"but arch.type builds {type(model).__name__}")
     model.router = ROUTERS.build(block, "arch.router", num_experts=model.num_experts, feature_dim=model.feature_dim,
                                  num_classes=model.num_classes)
     return model

@@ -13,6 +13,7 @@ COUNTS = [60, 30, 10]
 LOGITS = torch.tensor([[[1.0, 2.0, 0.5], [0.2, -1.0, 0.3], [2.0, 0.0, -0.5]],
                        [[0.1, 0.1, 3.0], [1.5, 0.5, 0.0], [-1.0, 2.0, 1.0]]])  # (B=2, E=3, C=3)
 TARGET = torch.tensor([0, 2])
+W_BETA_HALF = [63 / 47, 42 / 47, 36 / 47]  # counts 1, 2, 3, beta 0.5: w = 1, 2/3, 4/7, times 3 / (47/21)
 
 
 def build(block, counts=COUNTS, experts=3):
@@ -41,15 +42,14 @@ def np_kl(p_logits, q_logits, t):
 
 def test_ldam_margins_and_effective_number_weights_by_hand():
     assert ldam_margins([100, 16, 1], max_m=0.5).tolist() == pytest.approx([0.5 * 100 ** -0.25, 0.25, 0.5], rel=1e-6)
-    # beta 0.5: w = 0.5 / (1 - 0.5^n) = 1, 2/3, 4/7 -> times 3 / (47/21)
-    assert effective_number_weights([1, 2, 3], beta=0.5).tolist() == pytest.approx([63 / 47, 42 / 47, 36 / 47], rel=1e-6)
+    assert effective_number_weights([1, 2, 3], beta=0.5).tolist() == pytest.approx(W_BETA_HALF, rel=1e-6)
     w = effective_number_weights([5000, 50, 5], beta=0.9999)
     assert float(w.sum()) == pytest.approx(3.0, rel=1e-6) and w[0] < w[1] < w[2]
 
 
 def test_ce_reweight_is_weighted_mean_per_expert():
     out = build({"type": "ce_reweight", "args": {"beta": 0.5}}, counts=[1, 2, 3])(LOGITS, TARGET)
-    w = [63 / 47, 42 / 47, 36 / 47]
+    w = W_BETA_HALF
     for e in range(3):
         rows = LOGITS[:, e].tolist()
         ces = [-rows[b][TARGET[b]] + math.log(sum(math.exp(v) for v in rows[b])) for b in range(2)]
@@ -69,8 +69,8 @@ def test_focal_loss_by_hand():
     assert out.total.item() == pytest.approx(expected, rel=1e-5)
     ce = build({"type": "focal", "args": {"gamma": 0.0}}, experts=1)(single, TARGET).total.item()
     assert ce == pytest.approx(torch.nn.functional.cross_entropy(single[:, 0], TARGET).item(), rel=1e-6)
-    weighted = build({"type": "focal", "args": {"gamma": 2.0, "reweight": True, "beta": 0.5}}, counts=[1, 2, 3], experts=1)
-    w = [63 / 47, 42 / 47, 36 / 47]
+    weighted = build({"type": "focal", "args": {"gamma": 2.0, "reweight": True, "beta": 0.5}}, [1, 2, 3], 1)
+    w = W_BETA_HALF
     p = [math.exp(single[b, 0, TARGET[b]].item()) / sum(math.exp(v) for v in single[b, 0].tolist()) for b in range(2)]
     expected_w = sum(w[TARGET[b]] * (1 - p[b]) ** 2 * -math.log(p[b]) for b in range(2)) / 2
     assert weighted(single, TARGET).total.item() == pytest.approx(expected_w, rel=1e-5)

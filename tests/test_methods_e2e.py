@@ -55,7 +55,8 @@ def ride_runs(fmnist_dir, tmp_path_factory):
                             **{"arch.args.num_experts": 2})
     code, student = train(distill, tmp)
     assert code == 0
-    router = method_config(fmnist_dir, tmp, "tiny_ride_router", loss={"type": "ride_router", "args": {"pos_weight": 100.0}},
+    router = method_config(fmnist_dir, tmp, "tiny_ride_router",
+                           loss={"type": "ride_router", "args": {"pos_weight": 100.0}},
                            init_from={"checkpoint": str(stage1 / "last.pth"), "exclude": ["router."],
                                       "freeze": ["trunk.", "branch.", "head."], "strict": True},
                            **{"arch.router": {"type": "ride", "args": {"top_k": 3}},
@@ -110,8 +111,9 @@ def test_router_evaluation_reports_experts_and_threshold(ride_runs, capsys):
 
 
 def test_shipped_router_config_names_missing_stage1_checkpoint(fmnist_dir, tmp_path, capsys):
-    code = train_main(["-c", str(CONFIGS / "fmnist_ir100/ride_router.json"), "-d", "cpu", "--quiet", "--limit_batches", "1",
-                       "--data_dir", str(fmnist_dir), "--save_dir", str(tmp_path), "--set", "data_loader.args.imb_factor=0.1"])
+    code = train_main(["-c", str(CONFIGS / "fmnist_ir100/ride_router.json"), "-d", "cpu", "--quiet",
+                       "--limit_batches", "1", "--data_dir", str(fmnist_dir), "--save_dir", str(tmp_path),
+                       "--set", "data_loader.args.imb_factor=0.1"])
     err = capsys.readouterr().err
     assert code == 2
     assert "init_from.checkpoint" in err and "not found" in err and "--set init_from.checkpoint=" in err

@@ -17,11 +17,14 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ROUTER = {"type": "ride", "args": {"top_k": 5, "hidden_dim": 16}}
 
 
-def tiny_router_model(seed: int = 0, experts: int = 3):
+def tiny_resnet(experts: int):
+    return MODELS.build({"type": "resnet_cifar", "args": {"depth": 8, "stem_width": 4, "num_experts": experts}}, "arch",
+                        num_classes=10)
+
+
+def tiny_router_model(seed: int = 0):
     torch.manual_seed(seed)
-    model = MODELS.build({"type": "resnet_cifar", "args": {"depth": 8, "stem_width": 4, "num_experts": experts}}, "arch",
-                         num_classes=10)
-    return attach_router(model, ROUTER)
+    return attach_router(tiny_resnet(3), ROUTER)
 
 
 def test_router_logits_follow_the_decision_formula():
@@ -75,10 +78,9 @@ def test_early_exit_threshold_controls_experts_used():
 
 
 def test_router_config_errors():
-    plain = MODELS.build({"type": "resnet_cifar", "args": {"depth": 8, "stem_width": 4, "num_experts": 1}}, "arch", num_classes=10)
     with pytest.raises(ConfigError, match="at least 2 experts"):
-        attach_router(plain, ROUTER)
-    three = MODELS.build({"type": "resnet_cifar", "args": {"depth": 8, "stem_width": 4, "num_experts": 3}}, "arch", num_classes=10)
+        attach_router(tiny_resnet(1), ROUTER)
+    three = tiny_resnet(3)
     with pytest.raises(ConfigError, match="top_k must be in 1..10"):
         attach_router(three, {"type": "ride", "args": {"top_k": 30}})
     with pytest.raises(ConfigError, match="router_threshold"):
@@ -87,9 +89,8 @@ def test_router_config_errors():
 
 def test_teacher_stays_frozen_in_eval_mode():
     torch.manual_seed(0)
-    teacher = MODELS.build({"type": "resnet_cifar", "args": {"depth": 8, "stem_width": 4, "num_experts": 2}}, "arch", num_classes=10)
-    teacher.requires_grad_(False).eval()
-    student = MODELS.build({"type": "resnet_cifar", "args": {"depth": 8, "stem_width": 4, "num_experts": 1}}, "arch", num_classes=10)
+    teacher = tiny_resnet(2).requires_grad_(False).eval()
+    student = tiny_resnet(1)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     pair = TeacherStudent(student, teacher).train()
     x = torch.randn(4, 3, 32, 32)
@@ -125,7 +126,8 @@ def test_cost_model_matches_hand_counts():
 
 
 def test_flops_cli_prints_split_and_expected_cost(capsys):
-    assert flops_main(["-c", str(CONFIGS / "cifar100_ir100/ride_router.json"), "--experts_used", "40.99,9.47,49.54"]) == 0
+    router_config = str(CONFIGS / "cifar100_ir100/ride_router.json")
+    assert flops_main(["-c", router_config, "--experts_used", "40.99,9.47,49.54"]) == 0
     out = capsys.readouterr().out
     # METHODS.md §2.1: 783,856 for 3 reduced experts; router: 2 x (48*16 + 16) + (16 + 30 + 1) = 1,615
     assert "parameters: 785,471 (router: 1,615)" in out
@@ -133,5 +135,5 @@ def test_flops_cli_prints_split_and_expected_cost(capsys):
     assert "expected MACs/image with 40.99 / 9.47 / 49.54" in out
     assert flops_main(["-c", str(CONFIGS / "cifar100_ir100/ce.json")]) == 0
     assert "parameters: 470,004" in capsys.readouterr().out  # 469,904 (§2.1, cosine head) + 100 linear-head biases
-    assert flops_main(["-c", str(CONFIGS / "cifar100_ir100/ride_router.json"), "--experts_used", "40,10"]) == 2
+    assert flops_main(["-c", router_config, "--experts_used", "40,10"]) == 2
     assert "one percentage per expert count" in capsys.readouterr().err

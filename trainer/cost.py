@@ -1,4 +1,4 @@
-"""Per-image compute of a multi-expert model split into its parts, and the expected cost of early exit (METHODS.md §5.5).
+"""Per-image compute of a multi-expert model split into parts, and the expected cost of early exit (METHODS.md §5.5).
 
 Costs are multiply-accumulates (MACs) of convolutions and matrix products, counted by tracing one forward pass of a
 single image (utils.flops); the reference repos report the same quantity as "GFLOPs"/"MACs(G)". Pooling, BN,
@@ -44,9 +44,11 @@ class ExpertCost:
     def expected(self, percentages: Sequence[float]) -> float:
         """Expected MACs per image when p_k percent of the samples use exactly k experts (k = 1..E)."""
         if len(percentages) != self.num_experts:
-            raise ValueError(f"give one percentage per expert count 1..{self.num_experts}, got {len(percentages)} values")
+            raise ValueError(f"give one percentage per expert count 1..{self.num_experts}, "
+                             f"got {len(percentages)} values")
         if any(p < 0 for p in percentages) or not math.isclose(sum(percentages), 100.0, abs_tol=0.5):
-            raise ValueError(f"the percentages of samples using 1..E experts must be >= 0 and sum to 100, got {list(percentages)}")
+            raise ValueError("the percentages of samples using 1..E experts must be >= 0 and sum to 100, "
+                             f"got {list(percentages)}")
         return sum(p / 100.0 * self.with_experts(k) for k, p in enumerate(percentages, start=1))
 
 
@@ -65,14 +67,14 @@ def expert_cost(model: nn.Module, image_shape: tuple[int, ...]) -> ExpertCost:
         x = torch.zeros(1, *image_shape, device=device)
         shared = model.trunk(x)
         feat = torch.ones(1, model.num_experts, model.feature_dim, device=device)
+        logits = torch.ones(1, model.num_classes, device=device)
         router = getattr(model, "router", None)
         return ExpertCost(
             num_experts=model.num_experts,
             trunk=count_call_macs(lambda: model.trunk(x)),
             branch=count_call_macs(lambda: model.expert_features(shared, 0)),
             heads=count_call_macs(lambda: model.head(feat)),
-            router=count_call_macs(lambda: router.decision(0, feat[:, 0], torch.ones(1, model.num_classes, device=device)))
-            if router is not None else 0,
+            router=count_call_macs(lambda: router.decision(0, feat[:, 0], logits)) if router is not None else 0,
         )
     finally:
         model.train(was_training)

@@ -28,7 +28,7 @@ def wants_teacher(criterion: nn.Module) -> bool:
 
 
 def check_distill_spec(config: dict[str, Any], criterion: nn.Module) -> dict[str, Any] | None:
-    """The validated ``distill`` block, None when there is none; a teacher-less loss with a block (or vice versa) fails."""
+    """The validated ``distill`` block or None; a block without a distilling loss (or vice versa) is an error."""
     spec = config.get("distill")
     loss_name = config["loss"].get("type") if isinstance(config["loss"], dict) else config["loss"]
     if spec is None:
@@ -55,7 +55,8 @@ def build_teacher(checkpoint: str, num_classes: int, in_channels: int, device: t
         teacher.load_state_dict(strip_prefixes(state["model"]))
     except RuntimeError as exc:
         raise CheckpointError(f"distill.checkpoint {checkpoint}: its weights do not fit its own config with "
-                              f"{num_classes} classes (teacher trained on another data set?): {str(exc).splitlines()[0]}") from None
+                              f"{num_classes} classes (teacher trained on another data set?): "
+                              f"{str(exc).splitlines()[0]}") from None
     teacher.requires_grad_(False)
     teacher = teacher.to(device)
     if channels_last:

@@ -1,4 +1,4 @@
-"""``python -m utils.flops -c CONFIG``: parameters and MACs per image, split into trunk / expert branch / heads / router.
+"""``python -m utils.flops -c CONFIG``: parameters and MACs per image, split into trunk / expert branch / heads.
 
 For router configs it also prints the expected cost for a distribution of experts used: ``--experts_used p1,...,pE``
 (percent of samples using exactly 1..E experts, as printed by test.py) or ``-r CKPT`` (measured on the test set).
@@ -28,7 +28,8 @@ def parse_percentages(text: str) -> list[float]:
     try:
         return [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"--experts_used expects comma-separated percentages like 40.99,9.47,49.54, got {text!r}") from None
+        raise ConfigError(f"--experts_used expects comma-separated percentages like 40.99,9.47,49.54, "
+                          f"got {text!r}") from None
 
 
 def cost_lines(model: nn.Module, image_shape: tuple[int, ...], percentages: Sequence[float] | None) -> list[str]:
@@ -37,7 +38,8 @@ def cost_lines(model: nn.Module, image_shape: tuple[int, ...], percentages: Sequ
     lines = [f"parameters: {count_parameters(model):,}"
              + (f" (router: {count_parameters(router):,})" if router is not None else "")]
     if not is_multi_expert(model):
-        return lines + [f"MACs/image: {count_macs(model, image_shape) / 1e9:.4f} G (no trunk/expert split for this model)"]
+        macs = count_macs(model, image_shape)
+        return lines + [f"MACs/image: {macs / 1e9:.4f} G (no trunk/expert split for this model)"]
     cost = expert_cost(model, image_shape)
     e = cost.num_experts
     lines += [f"MACs/image, all {e} expert(s): {cost.all_experts / 1e9:.4f} G ({cost.all_experts / 1e6:.2f} M)",
