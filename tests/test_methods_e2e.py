@@ -8,7 +8,7 @@ import torch
 
 from conftest import tiny_config, write_config
 from trainer.cli import train_main
-from trainer.evaluate import build_parser, run_test
+from trainer.evaluate import build_parser, run_test, uniform_main
 from trainer.flops import flops_main
 from utils.checkpoint import load_checkpoint
 
@@ -108,6 +108,8 @@ def test_router_evaluation_reports_experts_and_threshold(ride_runs, capsys):
     assert rows[1.0]["mmacs"] < rows[0.0]["mmacs"] == pytest.approx(rows[0.0]["mmacs_all_experts"])
     assert flops_main(["-r", checkpoint, "--router_threshold", "1.0"]) == 0
     assert "expected MACs/image with 100.00 / 0.00 / 0.00 %" in capsys.readouterr().out
+    assert uniform_main(["-r", str(ride_runs["stage1"]), "-d", "cpu", "--router_threshold", "0.7"]) == 2
+    assert "needs a checkpoint whose model has a router" in capsys.readouterr().err
 
 
 def test_shipped_router_config_names_missing_stage1_checkpoint(fmnist_dir, tmp_path, capsys):

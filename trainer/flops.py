@@ -43,11 +43,11 @@ def cost_lines(model: nn.Module, image_shape: tuple[int, ...], percentages: Sequ
     cost = expert_cost(model, image_shape)
     e = cost.num_experts
     lines += [f"MACs/image, all {e} expert(s): {cost.all_experts / 1e9:.4f} G ({cost.all_experts / 1e6:.2f} M)",
-              f"  shared trunk:            {cost.trunk / 1e6:10.3f} M",
-              f"  one expert branch:       {cost.branch / 1e6:10.3f} M   (x {e} = {e * cost.branch / 1e6:.3f} M)",
-              f"  heads of all experts:    {cost.heads / 1e6:10.3f} M"]
+              f"  shared trunk:            {cost.trunk / 1e6:10.4f} M",
+              f"  one expert branch:       {cost.branch / 1e6:10.4f} M   (x {e} = {e * cost.branch / 1e6:.4f} M)",
+              f"  heads of all experts:    {cost.heads / 1e6:10.4f} M"]
     if router is not None:
-        lines.append(f"  one router decision:     {cost.router / 1e6:10.3f} M   (at most {e - 1} per image)")
+        lines.append(f"  one router decision:     {cost.router / 1e6:10.4f} M   (at most {e - 1} per image)")
     lines.append("  using the first k experts: " + ", ".join(
         f"k={k}: {cost.with_experts(k) / 1e9:.4f} G" for k in range(1, e + 1)))
     if percentages is not None:
