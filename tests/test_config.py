@@ -97,3 +97,10 @@ def test_registry_rejects_duplicates():
     reg.register("a")(lambda: 1)
     with pytest.raises(ValueError, match="registered twice"):
         reg.register("a")(lambda: 2)
+
+
+def test_misspelt_sibling_key_is_an_error():
+    config = resolve_config(load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
+    config["arch"]["routr"] = {"type": "ride"}
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) arch.routr; 'arch' accepts: type, args, router"):
+        build_without_data(config)

@@ -35,7 +35,7 @@ def resolve_device(device: str | None) -> torch.device:
 
 def build_model(config: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
     """The configured architecture plus the optional ``arch.router``; class count and channels come from the data."""
-    model = MODELS.build(config["arch"], "arch", num_classes=num_classes, in_channels=in_channels)
+    model = MODELS.build(config["arch"], "arch", siblings=("router",), num_classes=num_classes, in_channels=in_channels)
     if "router" in config["arch"]:
         attach_router(model, config["arch"]["router"])
     return model
@@ -48,7 +48,8 @@ def num_experts_of(model: nn.Module) -> int:
 
 def build_criterion(config: dict[str, Any], cls_num_list: Sequence[int], num_experts: int) -> nn.Module:
     """The configured loss; class counts come from the training set, the expert count from the model."""
-    return LOSSES.build(config["loss"], "loss", cls_num_list=list(cls_num_list), num_experts=num_experts)
+    return LOSSES.build(config["loss"], "loss", siblings=("tau_min", "tau_max"), cls_num_list=list(cls_num_list),
+                        num_experts=num_experts)
 
 
 def build_optimizer(config: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:

@@ -171,7 +171,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         expert_sum = torch.zeros(self.num_experts, device=self.device)
         correct_sum = torch.zeros((), device=self.device)
-        seen, log_every = 0, max(1, self.cfg_trainer["log_interval"])
+        seen, log_every, per_expert_logged = 0, max(1, self.cfg_trainer["log_interval"]), False
         bar = progress(loader.batches(epoch, start_step), total_steps, f"epoch {epoch}", enabled=not self.quiet)
         bar.update(start_step)
         start = time.perf_counter()
@@ -193,6 +193,7 @@ class Trainer:
             correct_sum += out.correct.detach()
             if out.per_expert is not None:
                 expert_sum += out.per_expert.detach() * batch
+                per_expert_logged = True
             seen += batch
             for callback in self.callbacks:
                 callback(self, epoch, step)
@@ -213,7 +214,7 @@ class Trainer:
         seen = max(seen, 1)
         metrics = {"loss": float(loss_sum) / seen, "accuracy": 100.0 * float(correct_sum) / seen,
                    "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
-        if self.num_experts > 1 or float(expert_sum.abs().sum()) > 0:
+        if per_expert_logged:
             metrics.update({f"loss_expert{e}": float(v) / seen for e, v in enumerate(expert_sum.tolist())})
         return metrics
 
