@@ -63,7 +63,9 @@ class RIDELoss(nn.Module):
         self.diversity_temperature = diversity_temperature
         self.register_buffer("margins", ldam_margins(cls_num_list, max_m))
         self.register_buffer("class_weights", effective_number_weights(cls_num_list, beta))
-        self.register_buffer("temperature_weights", diversity_temperature_weights(cls_num_list, reweight_factor))
+        weights = diversity_temperature_weights(cls_num_list, reweight_factor)
+        self.register_buffer("temperature_weights", weights)
+        self.weighted_temperature_mean = diversity_temperature * float(weights.mean())  # host value: no per-step sync
         self.reweighting = False
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -73,8 +75,7 @@ class RIDELoss(nn.Module):
     def temperature(self) -> tuple[torch.Tensor | float, float]:
         """The diversity temperature (per-class vector or scalar T0) and its class mean Tbar."""
         if self.reweighting and self.reweight:
-            t = self.diversity_temperature * self.temperature_weights
-            return t, float(t.mean())
+            return self.diversity_temperature * self.temperature_weights, self.weighted_temperature_mean
         return self.diversity_temperature, self.diversity_temperature
 
     def ride_terms(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
