@@ -1,3 +1,3 @@
 """Model layer: expert-batched layers, backbones, the multi-expert wrapper and losses (importing registers them)."""
-from model import loss, resnet_cifar  # noqa: F401
+from model import calibrated_experts, loss, losses_sade, resnet_cifar  # noqa: F401
 from model.registry import LOSSES, MODELS  # noqa: F401
