@@ -57,15 +57,15 @@ class ExpertCalibration(nn.Module):
         self.other_shift.copy_(torch.tensor([math.log((1.0 + r) / 2.0) for r in ratios]))
 
     def forward(self, expert_logits: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Raw expert logits [(B, k_e + 1)] -> fused log-probabilities (B, C)."""
+        """Raw expert logits [(B, k_e + 1)] -> fused log-probabilities (B, C), computed in log space (no underflow)."""
         batch = expert_logits[0].shape[0]
-        probs = expert_logits[0].new_zeros(batch, self.num_classes, dtype=torch.float32)
+        log_probs = expert_logits[0].new_zeros(batch, self.num_classes, dtype=torch.float32)
         for e, logits in enumerate(expert_logits):
             logits = logits.float()
             adjusted = torch.cat([logits[:, :-1], logits[:, -1:] + self.other_shift[e]], dim=1)
-            q = F.softmax(self.temperature[e] * adjusted + self.bias[e], dim=1)
-            probs = probs.index_add(1, self.classes(e), q[:, :-1])
-        return torch.log(probs / probs.sum(dim=1, keepdim=True))
+            log_q = F.log_softmax(self.temperature[e] * adjusted + self.bias[e], dim=1)
+            log_probs = log_probs.index_copy(1, self.classes(e), log_q[:, :-1])
+        return log_probs - torch.logsumexp(log_probs, dim=1, keepdim=True)
 
 
 class ClassBalancedExperts(nn.Module):

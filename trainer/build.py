@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -78,11 +79,14 @@ def init_from_checkpoint(model: nn.Module, spec: dict[str, Any]) -> list[str]:
     Used by two-stage methods (cRT, RIDE's router, Class-Balanced Experts): ``{"checkpoint": path, "exclude":
     ["head."], "freeze": ["trunk.", "branch."]}``. Returns the names of the frozen parameters.
     """
-    from utils.checkpoint import load_checkpoint, strip_prefixes
+    from utils.checkpoint import CheckpointError, load_checkpoint, strip_prefixes
 
     unknown = set(spec) - set(INIT_FROM_KEYS)
     if unknown or "checkpoint" not in spec:
         raise ConfigError(f"init_from needs 'checkpoint' and accepts {', '.join(INIT_FROM_KEYS)}; got {sorted(spec)}")
+    if not Path(spec["checkpoint"]).is_file():
+        raise CheckpointError(f"init_from.checkpoint {spec['checkpoint']} not found: train the earlier stage first and "
+                              "pass its checkpoint with --set init_from.checkpoint=saved/<name>/<run>/last.pth")
     exclude = tuple(spec.get("exclude", []))
     weights = {k: v for k, v in strip_prefixes(load_checkpoint(spec["checkpoint"])["model"]).items() if not k.startswith(exclude)}
     own = model.state_dict()
