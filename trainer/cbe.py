@@ -128,7 +128,7 @@ def fit_calibration(model: nn.Module, config: dict[str, Any], logits: list[torch
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += float((log_probs.argmax(dim=1) == targets[idx]).sum())
         history.append({"epoch": epoch, "loss": loss_sum / len(order), "accuracy": 100.0 * correct / len(order),
                         "lr": optimizer.param_groups[0]["lr"]})

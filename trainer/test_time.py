@@ -71,7 +71,7 @@ def learn_expert_weights(view_batches: ViewBatches, num_experts: int, settings: 
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total, count = total + float(loss) * view1.shape[0], count + view1.shape[0]
+            total, count = total + float(loss.detach()) * view1.shape[0], count + view1.shape[0]
         epochs_run = epoch + 1
         losses.append(total / max(count, 1))
         rounded = torch.round(F.softmax(logits_a.detach(), dim=0), decimals=2)
