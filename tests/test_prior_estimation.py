@@ -39,9 +39,10 @@ def test_source_prior_specs():
     counts = [40, 10]
     assert source_prior("uniform", counts).tolist() == pytest.approx([0.5, 0.5])
     assert source_prior("train", counts).tolist() == pytest.approx([0.8, 0.2])
-    assert source_prior(0.5, counts).tolist() == pytest.approx([2 / 3, 1 / 3])  # sqrt(0.8) : sqrt(0.2) = 2 : 1
-    with pytest.raises(ConfigError, match="evaluation.source_prior"):
-        source_prior("balanced", counts)
+    assert source_prior("train^0.5", counts).tolist() == pytest.approx([2 / 3, 1 / 3])  # sqrt(0.8) : sqrt(0.2) = 2 : 1
+    for bad in ("balanced", "train^x", 0.5):
+        with pytest.raises(ConfigError, match="evaluation.source_prior"):
+            source_prior(bad, counts)
     assert total_variation(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0])) == pytest.approx(0.5)
 
 

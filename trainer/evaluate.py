@@ -119,7 +119,7 @@ def build_parser(description: str, with_priors: bool) -> argparse.ArgumentParser
         p.add_argument("--posthoc_bias_correction", nargs="?", const="oracle", choices=("oracle", "estimate"),
                        help="also report accuracies after adding a log test prior to the logits: 'oracle' (default: the "
                             "true prior of each test set) or 'estimate' (EM estimate from the unlabeled predictions, "
-                            "relative to evaluation.source_prior: uniform | train | exponent)")
+                            "relative to evaluation.source_prior: uniform | train | train^g)")
         p.add_argument("--test_time_aggregation", action="store_true",
                        help="SADE test-time self-supervised aggregation: learn expert weights per test prior on its "
                             "unlabeled images (settings: evaluation.test_time.*) and evaluate with them")

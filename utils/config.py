@@ -35,7 +35,7 @@ EVALUATION_DEFAULTS: dict[str, Any] = {
     "many_threshold": 100,     # many-shot: n_c > many_threshold
     "few_threshold": 20,       # few-shot: n_c < few_threshold
     "test_batch_size": 512,
-    "source_prior": "uniform",  # prior the model's ensemble posteriors assume (EM test-prior estimation): uniform | train | exponent
+    "source_prior": "uniform",  # prior the model's posteriors assume (EM test-prior estimation): uniform | train | train^g
     "test_time": {},           # SADE test-time aggregation settings (trainer/test_time.py TEST_TIME_DEFAULTS)
 }
 
