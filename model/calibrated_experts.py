@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.loss import at_least_fp32
 from model.registry import MODELS
 from utils.metrics import group_classes
 from utils.registry import ConfigError
@@ -58,13 +59,14 @@ class ExpertCalibration(nn.Module):
 
     def forward(self, expert_logits: Sequence[torch.Tensor]) -> torch.Tensor:
         """Raw expert logits [(B, k_e + 1)] -> fused log-probabilities (B, C), computed in log space (no underflow)."""
-        batch = expert_logits[0].shape[0]
-        log_probs = expert_logits[0].new_zeros(batch, self.num_classes, dtype=torch.float32)
+        group_log_probs = []
         for e, logits in enumerate(expert_logits):
-            logits = logits.float()
+            logits = at_least_fp32(logits)
             adjusted = torch.cat([logits[:, :-1], logits[:, -1:] + self.other_shift[e]], dim=1)
-            log_q = F.log_softmax(self.temperature[e] * adjusted + self.bias[e], dim=1)
-            log_probs = log_probs.index_copy(1, self.classes(e), log_q[:, :-1])
+            group_log_probs.append(F.log_softmax(self.temperature[e] * adjusted + self.bias[e], dim=1)[:, :-1])
+        log_probs = group_log_probs[0].new_zeros(group_log_probs[0].shape[0], self.num_classes)
+        for e, log_q in enumerate(group_log_probs):
+            log_probs = log_probs.index_copy(1, self.classes(e), log_q)
         return log_probs - torch.logsumexp(log_probs, dim=1, keepdim=True)
 
 

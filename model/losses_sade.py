@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from model.loss import LossOutput, expert_cross_entropy
+from model.loss import LossOutput, at_least_fp32, expert_cross_entropy
 from model.registry import LOSSES
 from utils.registry import ConfigError
 
@@ -54,7 +54,7 @@ class SADELoss(nn.Module):
         if logits.dim() != 3 or logits.shape[1] != SADE_NUM_EXPERTS:
             raise ValueError(f"the 'sade' loss needs per-expert logits of shape (B, 3, C), got {tuple(logits.shape)}; "
                              "set arch.args.num_experts=3")
-        per_expert = expert_cross_entropy(logits.float() + self.adjustment[None], target)
+        per_expert = expert_cross_entropy(at_least_fp32(logits) + self.adjustment[None], target)
         return LossOutput(per_expert.sum(), per_expert)
 
 

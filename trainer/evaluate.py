@@ -97,10 +97,12 @@ def prepare(path: Path, device: torch.device, test_data: TestData, overrides: Se
 
 
 def label_runs(runs: Sequence[LoadedRun]) -> None:
-    """'seed<N>' per run, with the run folder appended when two runs share a seed."""
-    seeds = [r.seed for r in runs]
-    for run in runs:
-        run.label = f"seed{run.seed}" if seeds.count(run.seed) == 1 else f"seed{run.seed}:{run.path.parent.name}"
+    """'seed<N>', prefixed by the config name when runs of several configs are compared, plus the run folder
+    when two runs would otherwise share a label."""
+    several_configs = len({r.config["name"] for r in runs}) > 1
+    labels = [f"{r.config['name']}/seed{r.seed}" if several_configs else f"seed{r.seed}" for r in runs]
+    for run, label in zip(runs, labels):
+        run.label = label if labels.count(label) == 1 else f"{label}:{run.path.parent.name}"
 
 
 def build_parser(description: str, with_priors: bool) -> argparse.ArgumentParser:
@@ -183,8 +185,10 @@ def run_test(args: argparse.Namespace) -> list[dict[str, Any]]:
         expert_logits, targets = collect_logits(run.model, data.test_loader, run.config["trainer"].get("amp", "off"))
         report = uniform_report(expert_logits, targets, masks_for(run.cls_num_list, run.config["evaluation"]))
         rows.append({**_base_row(run), "prior": "uniform", **report})
-    columns = list(GROUPS) + ["ece", "mce", "nll", "brier"] + sorted(k for k in rows[0] if k.startswith("expert"))
-    header, body = seed_table([{**r, "metric": c, "value": r[c]} for r in rows for c in columns], "metric", columns, "value")
+    experts = sorted({k for r in rows for k in r if k.startswith("expert")}, key=lambda k: int(k[len("expert"):]))
+    columns = list(GROUPS) + ["ece", "mce", "nll", "brier"] + experts
+    header, body = seed_table([{**r, "metric": c, "value": r.get(c, float("nan"))} for r in rows for c in columns],
+                              "metric", columns, "value", group_key="method")
     caption = "uniform test set: top-1 (%) all/many/medium/few, ECE/MCE (%), NLL, Brier, per-expert top-1 (%)"
     print(render(header, body, "text", caption))
     _write(_out_dir(args, [r for r, _ in loaded], "test"), rows, [(caption, header, body)])
@@ -220,7 +224,7 @@ def _prior_tables(rows: list[dict[str, Any]], posthoc: Sequence[str], priors: Se
                            header, body))
             continue
         for key in list(GROUPS) + extra:
-            header, body = seed_table(subset, "prior", priors, key)
+            header, body = seed_table(subset, "prior", priors, key, group_key="method")
             tables.append((f"{key} accuracy (%){suffix}" if key in GROUPS else f"{key}{suffix}", header, body))
     return tables
 

@@ -102,8 +102,9 @@ class Trainer:
         n_gpu = int(self.config.get("n_gpu", 1))
         if self.device.type == "cuda" and n_gpu > 1 and torch.cuda.device_count() > 1:
             model = nn.DataParallel(model, device_ids=list(range(min(n_gpu, torch.cuda.device_count()))))
-        if self.cfg_trainer["compile"]:
-            model = torch.compile(model)
+        backend = self.cfg_trainer["compile"]
+        if backend:
+            model = torch.compile(model, backend=backend if isinstance(backend, str) else "inductor")
         return model
 
     @staticmethod

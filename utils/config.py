@@ -27,7 +27,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "log_interval": 20,        # steps between progress-bar refreshes (each one is a host sync)
     "channels_last": True,
     "amp": "off",              # off | bf16 | fp16
-    "compile": False,
+    "compile": False,          # false, true (inductor) or a torch.compile backend name such as "aot_eager"
     "tensorboard": True,
     "deterministic": False,
 }
@@ -152,6 +152,8 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"unknown key(s) trainer.{', trainer.'.join(unknown)}. Valid keys: {', '.join(sorted(TRAINER_DEFAULTS))}")
     for key, default in TRAINER_DEFAULTS.items():
         trainer.setdefault(key, default)
+        if key == "compile" and isinstance(trainer[key], str):
+            continue
         if not _same_kind(default, trainer[key]) or (isinstance(default, int) and isinstance(trainer[key], float)):
             raise ConfigError(f"'trainer.{key}' must be of type {type(default).__name__}, got {trainer[key]!r}")
     if trainer["amp"] not in ("off", "bf16", "fp16"):
