@@ -120,7 +120,7 @@ def random_resized_crop(images: torch.Tensor, gen: torch.Generator, scale: Seque
                         ratio: Sequence[float] = (3 / 4, 4 / 3), attempts: int = 10) -> torch.Tensor:
     """RandomResizedCrop back to the input size (bilinear): area ~ U(scale), log aspect ~ U(log ratio), per image.
 
-    As torchvision: the first of ``attempts`` draws that fits inside the image is used, else the central crop.
+    As torchvision: the first of ``attempts`` draws that fits inside the image is used, else the whole image.
     """
     b, _, h, w = images.shape
     device = images.device
@@ -130,8 +130,8 @@ def random_resized_crop(images: torch.Tensor, gen: torch.Generator, scale: Seque
     fits = (cw >= 1) & (ch >= 1) & (cw <= w) & (ch <= h)
     first = torch.where(fits.any(dim=1), fits.float().argmax(dim=1), torch.full((b,), -1, device=device))
     pick = first.clamp_min(0)[:, None]
-    cw = torch.where(first >= 0, cw.gather(1, pick).squeeze(1), torch.full((b,), float(min(h, w)), device=device))
-    ch = torch.where(first >= 0, ch.gather(1, pick).squeeze(1), torch.full((b,), float(min(h, w)), device=device))
+    cw = torch.where(first >= 0, cw.gather(1, pick).squeeze(1), torch.full((b,), float(w), device=device))
+    ch = torch.where(first >= 0, ch.gather(1, pick).squeeze(1), torch.full((b,), float(h), device=device))
     x0 = torch.floor(torch.rand(b, generator=gen, device=device) * (w - cw + 1))
     y0 = torch.floor(torch.rand(b, generator=gen, device=device) * (h - ch + 1))
     # affine grid in normalised coordinates (align_corners=False): crop centre and half-size relative to the image

@@ -9,7 +9,7 @@ import torchvision.transforms.v2.functional as TF
 
 from data_loader.augment import AUGMENTS
 from data_loader.profiles import lt_class_counts
-from data_loader.views import adjust_hue, gaussian_blur, hsv_to_rgb, rgb_to_hsv
+from data_loader.views import adjust_hue, gaussian_blur, hsv_to_rgb, random_resized_crop, rgb_to_hsv
 from model.losses_sade import inverse_prior
 from model.registry import LOSSES
 from trainer.cli import train_main
@@ -124,6 +124,8 @@ def test_colour_ops_against_torchvision_and_identities():
     flat = torch.full((2, 3, 8, 8), 0.4)
     assert torch.allclose(gaussian_blur(flat, torch.Generator().manual_seed(0), (0.1, 2.0), 1.0), flat, atol=1e-6)
     noise = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    whole = random_resized_crop(noise, torch.Generator().manual_seed(0), (1.0, 1.0), (1.0, 1.0))
+    assert torch.allclose(whole, noise, atol=1e-5)  # a full-size crop maps every pixel onto itself
     blurred = gaussian_blur(noise, torch.Generator().manual_seed(0), (1.0, 1.0), 1.0)  # sigma 1 -> 7-tap kernel
     assert torch.allclose(blurred, TF.gaussian_blur(noise, [7, 7], [1.0, 1.0]), atol=1e-5)
 
