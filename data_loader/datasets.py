@@ -263,6 +263,20 @@ _register_lt("cifar100_lt", lambda d, train, download: read_cifar(d, 100, train,
 _register_lt("fmnist_lt", read_fashion_mnist, 10, "data/fashion_mnist", FMNIST_MEAN, FMNIST_STD, (1, 28, 28), 6000, 1000)
 
 
+def dataset_info(name: str, args: dict) -> dict:
+    """Shape facts of a configured data set without reading files: its builder's ``info`` plus training ``cls_num_list``.
+
+    Builders whose facts depend on their arguments (wrappers such as ``subset``) provide ``info_for(args)``.
+    """
+    builder = DATASETS.get(name, where="data_loader.type")
+    if hasattr(builder, "info_for"):
+        return builder.info_for(args)  # type: ignore[attr-defined]
+    info = dict(builder.info)  # type: ignore[attr-defined]
+    info["cls_num_list"] = lt_class_counts(info["train_per_class"], info["num_classes"], args.get("imb_factor", 0.01),
+                                           args.get("imb_type", "exp"))
+    return info
+
+
 def synthetic_dataset(name: str, split: str = "train", imb_factor: float = 0.01, seed: int = 0,
                       scale: float = 1.0) -> ImageTensorDataset:
     """Random uint8 images with a registered data set's shape and LT class counts (benchmarks, smoke tests)."""

@@ -33,9 +33,13 @@ def resolve_device(device: str | None) -> torch.device:
         raise ConfigError(f"-d/--device {device!r} is not a device: use cpu, cuda, cuda:N or a GPU list like 0,1") from None
 
 
-def build_model(config: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
-    """The configured architecture plus the optional ``arch.router``; class count and channels come from the data."""
-    model = MODELS.build(config["arch"], "arch", siblings=("router",), num_classes=num_classes, in_channels=in_channels)
+def build_model(config: dict[str, Any], num_classes: int, in_channels: int,
+                cls_num_list: Sequence[int] | None = None) -> nn.Module:
+    """The configured architecture plus the optional ``arch.router``; class count, input channels and training
+    counts come from the data set (architectures that do not take ``cls_num_list`` never see it)."""
+    counts = {} if cls_num_list is None else {"cls_num_list": list(cls_num_list)}
+    model = MODELS.build(config["arch"], "arch", siblings=("router",), num_classes=num_classes, in_channels=in_channels,
+                         **counts)
     if "router" in config["arch"]:
         attach_router(model, config["arch"]["router"])
     return model
@@ -123,17 +127,16 @@ def frozen_batchnorm_to_eval(model: nn.Module) -> None:
 def build_without_data(config: dict[str, Any]) -> dict[str, Any]:
     """Validate a resolved config and build every object from the data set's registered shape (no files needed)."""
     from data_loader.augment import AUGMENTS
-    from data_loader.datasets import DATASETS
+    from data_loader.datasets import DATASETS, dataset_info
     from data_loader.factory import split_loader_args
-    from data_loader.profiles import lt_class_counts
 
     dataset_args, loader_args = split_loader_args(config["data_loader"])
     name = config["data_loader"].get("type")
     DATASETS.get(name, where="data_loader.type")
     DATASETS.validate_args(name, dataset_args, "data_loader.args", code_supplied={"split"})
-    info = DATASETS.get(name).info
-    counts = lt_class_counts(info["train_per_class"], info["num_classes"], dataset_args.get("imb_factor", 0.01))
-    model = build_model(config, info["num_classes"], info["image_shape"][0])
+    info = dataset_info(name, dataset_args)
+    counts = info["cls_num_list"]
+    model = build_model(config, info["num_classes"], info["image_shape"][0], counts)
     criterion = build_criterion(config, counts, num_experts_of(model))
     optimizer = build_optimizer(config, model)
     return {"model": model, "criterion": criterion, "optimizer": optimizer, "scheduler": build_scheduler(config, optimizer),

@@ -72,7 +72,7 @@ def dry_run_summary(config: dict[str, Any], device: Any) -> str:
     for group, mask in masks.items():
         n_img = sum(c for c, m in zip(counts, mask.tolist()) if m)
         lines.append(f"  {group:<7} {int(mask.sum()):>5} classes {n_img:>8} images")
-    model = build_model(config, data.train_set.num_classes, data.train_set.image_shape[0])
+    model = build_model(config, data.train_set.num_classes, data.train_set.image_shape[0], counts)
     shape = data.train_set.image_shape
     macs = expert_cost(model, shape).all_experts if is_multi_expert(model) else count_macs(model, shape)
     lines.append(f"model: {config['arch']['type']}  experts: {getattr(model, 'num_experts', 1)}  "

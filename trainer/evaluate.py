@@ -17,8 +17,10 @@ from data_loader.factory import DataBundle, build_data, split_loader_args
 from trainer.build import build_model, resolve_device
 from trainer.cost import expert_cost, routing_report
 from trainer.evaluator import collect_logits, masks_for, prior_reports, uniform_report
+from trainer.prior_estimation import source_prior
+from trainer.test_time import learn_weights_on_images
 from utils.checkpoint import CheckpointError, load_checkpoint, strip_prefixes
-from utils.config import config_stem, resolve_config, set_by_path
+from utils.config import config_stem, parse_cli_value, resolve_config, set_by_path
 from utils.registry import ConfigError
 from utils.tables import plot_priors, render, seed_table, wide_table, write_csv
 
@@ -82,7 +84,7 @@ def prepare(path: Path, device: torch.device, test_data: TestData, overrides: Se
         set_by_path(config, key, value)
     run = LoadedRun(path, resolve_config(config), nn.Identity(), list(state["cls_num_list"]))
     data = test_data.get(run.config)
-    model = build_model(run.config, data.test_set.num_classes, data.test_set.image_shape[0])
+    model = build_model(run.config, data.test_set.num_classes, data.test_set.image_shape[0], run.cls_num_list)
     try:
         model.load_state_dict(strip_prefixes(state["model"]))
     except RuntimeError as exc:
@@ -116,9 +118,17 @@ def build_parser(description: str, with_priors: bool) -> argparse.ArgumentParser
     p.add_argument("--router_threshold", type=float,
                    help="router models: early-exit threshold on sigmoid(router logit) (arch.router.args.threshold); "
                         "higher -> fewer experts per sample")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the checkpoint's config, e.g. --set evaluation.source_prior=train or "
+                        "--set evaluation.test_time.lr=0.05 (repeatable)")
     if with_priors:
-        p.add_argument("--posthoc_bias_correction", action="store_true",
-                       help="also report accuracies after adding the log test prior to the logits")
+        p.add_argument("--posthoc_bias_correction", nargs="?", const="oracle", choices=("oracle", "estimate"),
+                       help="also report accuracies after adding a log test prior to the logits: 'oracle' (default: the "
+                            "true prior of each test set) or 'estimate' (EM estimate from the unlabeled predictions, "
+                            "relative to evaluation.source_prior: uniform | train | train^g)")
+        p.add_argument("--test_time_aggregation", action="store_true",
+                       help="SADE test-time self-supervised aggregation: learn expert weights per test prior on its "
+                            "unlabeled images (settings: evaluation.test_time.*) and evaluate with them")
         p.add_argument("--priors", nargs="+", help="subset/order of test priors to evaluate")
     return p
 
@@ -132,6 +142,11 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
         out.append(("evaluation.test_batch_size", args.batch_size))
     if getattr(args, "router_threshold", None) is not None:
         out.append(("arch.router.args.threshold", args.router_threshold))
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. --set evaluation.source_prior=train), got {item!r}")
+        key, value = item.split("=", 1)
+        out.append((key.strip(), parse_cli_value(value)))
     return out
 
 
@@ -197,28 +212,54 @@ def run_test(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+POSTHOC_CAPTIONS = {"none": "", "oracle": " with posthoc bias correction (log test prior added)",
+                    "estimate": " with posthoc bias correction (EM-estimated test prior)"}
+
+
+def aggregation_weights(run: LoadedRun, data: DataBundle, subsets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SADE test-time aggregation: expert weights learned on each test prior's unlabeled images (printed)."""
+    weights = {}
+    for prior, idx in subsets.items():
+        result = learn_weights_on_images(run.model, data.test_set, idx, run.config)
+        weights[prior] = result.weights
+        print(f"{run.label} {prior}: expert weights {', '.join(f'{w:.3f}' for w in result.weights.tolist())} "
+              f"after {result.epochs_run} epoch(s)")
+    return weights
+
+
+def _prior_tables(rows: list[dict[str, Any]], posthoc: Sequence[str], priors: Sequence[str], single: bool
+                  ) -> list[tuple[str, list[str], list[list[Any]]]]:
+    """Per post-hoc mode: one wide table (single run) or one seed table per metric (several runs)."""
+    tables = []
+    for mode in posthoc:
+        subset = [r for r in rows if r["posthoc"] == mode]
+        extra = [k for k in subset[0] if k == "prior_tv" or (k.startswith("w") and k[1:].isdigit())]
+        suffix = POSTHOC_CAPTIONS[mode]
+        if single:
+            header, body = wide_table(subset, "prior", list(GROUPS) + extra)
+            tables.append((f"test-agnostic evaluation{suffix}: top-1 (%)" + (", " + ", ".join(extra) if extra else ""),
+                           header, body))
+            continue
+        for key in list(GROUPS) + extra:
+            header, body = seed_table(subset, "prior", priors, key, group_key="method")
+            tables.append((f"{key} accuracy (%){suffix}" if key in GROUPS else f"{key}{suffix}", header, body))
+    return tables
+
+
 def run_test_all(args: argparse.Namespace, priors: Sequence[str]) -> list[dict[str, Any]]:
-    """Every test prior from one set of logits per checkpoint, optionally with post-hoc bias correction."""
+    """Every test prior from one set of logits per checkpoint; optional test-time aggregation and post-hoc correction."""
     priors = list(args.priors or priors)
     _, loaded = _load_all(args)
-    posthoc = (False, True) if args.posthoc_bias_correction else (False,)
+    posthoc = ("none", args.posthoc_bias_correction) if args.posthoc_bias_correction else ("none",)
     rows: list[dict[str, Any]] = []
     for run, data in loaded:
         expert_logits, targets = collect_logits(run.model, data.test_loader, run.config["trainer"].get("amp", "off"))
         subsets = {p: data.test_set.test_prior_indices(p) for p in priors}
         masks = masks_for(run.cls_num_list, run.config["evaluation"])
-        rows += [{**_base_row(run), **r} for r in prior_reports(expert_logits, targets, subsets, masks, posthoc)]
-    tables = []
-    for correct in posthoc:
-        subset = [r for r in rows if r["posthoc"] == correct]
-        suffix = " with posthoc bias correction (log test prior added)" if correct else ""
-        if len(loaded) == 1:
-            header, body = wide_table(subset, "prior", GROUPS)
-            tables.append((f"test-agnostic evaluation{suffix}: top-1 (%)", header, body))
-        else:
-            for group in GROUPS:
-                header, body = seed_table(subset, "prior", priors, group, group_key="method")
-                tables.append((f"{group} accuracy (%){suffix}", header, body))
+        weights = aggregation_weights(run, data, subsets) if args.test_time_aggregation else None
+        source = source_prior(run.config["evaluation"]["source_prior"], run.cls_num_list)
+        rows += [{**_base_row(run), **r} for r in prior_reports(expert_logits, targets, subsets, masks, posthoc, weights, source)]
+    tables = _prior_tables(rows, posthoc, priors, single=len(loaded) == 1)
     for caption, header, body in tables:
         print(render(header, body, "text", caption) + "\n")
     out_dir = _out_dir(args, [r for r, _ in loaded], "test_all")

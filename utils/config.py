@@ -13,6 +13,7 @@ TOP_LEVEL_KEYS = {
     "name": str, "seed": int, "n_gpu": int, "arch": dict, "data_loader": dict, "loss": dict,
     "optimizer": dict, "lr_scheduler": dict, "combiner": dict, "finetuning_combiner": dict,
     "trainer": dict, "evaluation": dict, "distill": dict, "init_from": dict, "description": str,
+    "ensemble": dict,  # Class-Balanced Experts calibration: {"checkpoints": [many, medium, few]}
 }
 REQUIRED_KEYS = ("name", "arch", "data_loader", "loss", "optimizer", "trainer")
 
@@ -34,6 +35,8 @@ EVALUATION_DEFAULTS: dict[str, Any] = {
     "many_threshold": 100,     # many-shot: n_c > many_threshold
     "few_threshold": 20,       # few-shot: n_c < few_threshold
     "test_batch_size": 512,
+    "source_prior": "uniform",  # prior the model's posteriors assume (EM test-prior estimation): uniform | train | train^g
+    "test_time": {},           # SADE test-time aggregation settings (trainer/test_time.py TEST_TIME_DEFAULTS)
 }
 
 
@@ -160,7 +163,7 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown key(s) evaluation.{', evaluation.'.join(unknown)}. Valid keys: {', '.join(EVALUATION_DEFAULTS)}")
     for key, default in EVALUATION_DEFAULTS.items():
-        evaluation.setdefault(key, default)
+        evaluation.setdefault(key, copy.deepcopy(default))
     loss_args = config["loss"].setdefault("args", {})
     if "tau_list" in loss_args:
         num_experts = int(get_by_path(config, "arch.args.num_experts", 1))

@@ -124,7 +124,8 @@ def plot_priors(rows: Sequence[dict[str, Any]], priors: Sequence[str], path: str
         stats = [mean_std([r[value_key] for r in subset if r["prior"] == p]) for p in priors]
         means = [m for m, _ in stats]
         stds = [s if not math.isnan(s) else 0.0 for _, s in stats]
-        label = {True: "posthoc correction", False: "no correction", None: value_key}.get(name, str(name))
+        label = {True: "posthoc correction", False: "no correction", None: value_key, "none": "no correction",
+                 "oracle": "oracle prior correction", "estimate": "estimated prior correction"}.get(name, str(name))
         ax.plot(xs, means, marker="o", label=label)
         ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.25)
     n_runs = len({r[run_key] for r in rows})
