@@ -268,11 +268,18 @@ _register_lt("cifar100_lt", lambda d, train, download: read_cifar(d, 100, train,
 _register_lt("fmnist_lt", read_fashion_mnist, 10, "data/fashion_mnist", FMNIST_MEAN, FMNIST_STD, (1, 28, 28), 6000, 1000)
 
 
-def dataset_info(name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A registered data set's shape info (num_classes, image_shape, mean, std, loader kind), adjusted to its args."""
+def dataset_info(name: str, args: dict) -> dict:
+    """Shape facts of a configured data set without reading files: its builder's ``info`` plus training ``cls_num_list``.
+
+    Builders whose facts depend on their arguments (wrappers such as ``subset``) provide ``info_for(args)``.
+    """
     builder = DATASETS.get(name, where="data_loader.type")
-    info_for = getattr(builder, "info_for", None)
-    return dict(info_for(args or {}) if info_for else builder.info)  # type: ignore[attr-defined]
+    if hasattr(builder, "info_for"):
+        return builder.info_for(args)  # type: ignore[attr-defined]
+    info = dict(builder.info)  # type: ignore[attr-defined]
+    info["cls_num_list"] = lt_class_counts(info["train_per_class"], info["num_classes"], args.get("imb_factor", 0.01),
+                                           args.get("imb_type", "exp"))
+    return info
 
 
 def synthetic_dataset(name: str, split: str = "train", imb_factor: float = 0.01, seed: int = 0,
@@ -283,7 +290,7 @@ def synthetic_dataset(name: str, split: str = "train", imb_factor: float = 0.01,
     ``args`` (data_loader.args) adjust the shape (e.g. image_size); ``max_images`` keeps a random subset so that
     ImageNet-sized profiles fit in memory.
     """
-    info = dataset_info(name, args)
+    info = dataset_info(name, args or {})
     per_class = max(1, int(info["train_per_class" if split == "train" else "test_per_class"] * scale))
     counts = lt_class_counts(per_class, info["num_classes"], imb_factor) if split == "train" else [per_class] * info["num_classes"]
     gen = torch.Generator().manual_seed(seed)

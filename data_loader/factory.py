@@ -54,17 +54,17 @@ def build_dataset(config: dict[str, Any], split: str) -> ImageTensorDataset:
     return DATASETS.build({"type": block.get("type"), "args": dataset_args}, "data_loader", split=split)
 
 
-def loader_class(dataset_type: str) -> type[BatchLoader]:
-    """The loader class that iterates data sets of ``dataset_type`` (from its registered ``loader`` kind)."""
-    return LOADERS.get(dataset_info(dataset_type).get("loader", "tensor"), where="data_loader.type")
+def loader_kind(dataset_type: str, dataset_args: dict[str, Any]) -> str:
+    """The LOADERS entry that iterates ``dataset_type`` (known without reading files: its registered info)."""
+    return dataset_info(dataset_type, dataset_args).get("loader", "tensor")
 
 
-def build_augment(dataset_type: str, loader_args: dict[str, Any], image_size: int) -> Any:
-    """The training augmentation of ``data_loader.args.augment`` from the registry of the data set's loader kind.
+def build_augment(kind: str, loader_args: dict[str, Any], image_size: int) -> Any:
+    """The training augmentation of ``data_loader.args.augment`` from the registry of loader kind ``kind``.
 
     ``image_size`` (output crop size) reaches the augmentations that take a ``size`` and is dropped for the others.
     """
-    cls = loader_class(dataset_type)
+    cls = LOADERS.get(kind, where="data_loader.type")
     return cls.augments.build(loader_args.get("augment", cls.default_augment), "data_loader.args.augment", size=image_size)
 
 
@@ -83,14 +83,13 @@ def build_data(config: dict[str, Any], device: torch.device, train: bool = True,
     The training loader of process ``rank`` of ``world_size`` yields its share of each global batch; the test
     loader always covers the whole test set (evaluation runs on one process).
     """
-    dataset_type = config["data_loader"].get("type")
     _, loader_args = split_loader_args(config["data_loader"])
     common = {"channels_last": bool(config.get("trainer", {}).get("channels_last", False)),
               "seed": int(config.get("seed", 1)), "num_workers": loader_args.get("num_workers", 0), "device": device}
     train_set = train_loader = None
     if train:
         train_set = build_dataset(config, "train").to(device)
-        augment = build_augment(dataset_type, loader_args, train_set.image_shape[-1])
+        augment = build_augment(train_set.loader_kind, loader_args, train_set.image_shape[-1])
         train_loader = LOADERS.build(train_set.loader_kind, "data_loader", dataset=train_set,
                                      batch_size=per_rank_batch_size(loader_args.get("batch_size", 128), world_size),
                                      sampler=loader_args.get("sampler", "random"), augment=augment,

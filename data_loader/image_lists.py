@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from data_loader.datasets import DATASETS, DataNotFoundError
-from data_loader.profiles import CIFAR_TEST_PRIORS, DATASET_PRIORS, shifted_subset_indices
+from data_loader.profiles import CIFAR_TEST_PRIORS, DATASET_PRIORS, lt_class_counts, shifted_subset_indices
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INAT_MEAN, INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)
@@ -170,14 +170,17 @@ def _list_dataset(list_file: Path, data_dir: Path, num_classes: int, name: str, 
 
 
 def _shape_info(args: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-    """Registered info updated with the class count and crop size a config asks for (shape-only builds)."""
+    """Registered info updated with the class count and crop size a config asks for, plus a typical LT training
+    profile (``cls_num_list``, max train_per_class, ratio ``imb_factor``) for shape-only builds."""
     size = int(args.get("image_size", 224))
-    return {**info, "num_classes": args.get("num_classes") or info["num_classes"], "image_shape": (3, size, size)}
+    classes = args.get("num_classes") or info["num_classes"]
+    counts = lt_class_counts(info["train_per_class"], classes, info["imb_factor"])
+    return {**info, "num_classes": classes, "image_shape": (3, size, size), "cls_num_list": counts}
 
 
 def _register_txt(name: str, title: str, data_dir: str, txt_dir: str, prefix: str, train_list: str, test_list: str,
                   num_classes: int | None, mean: tuple[float, ...], std: tuple[float, ...], train_per_class: int,
-                  test_per_class: int, priors_required: bool) -> None:
+                  test_per_class: int, imb_factor: float, priors_required: bool) -> None:
     """Register a txt-list data set builder ``name(split, data_dir, txt_dir, ...)``."""
 
     def build(split: str = "train", data_dir: str = data_dir, txt_dir: str = txt_dir, train_list: str = train_list,
@@ -200,23 +203,24 @@ def _register_txt(name: str, title: str, data_dir: str, txt_dir: str, prefix: st
     build.__name__ = name
     build.__doc__ = f"{title}: txt lists in txt_dir, image paths relative to data_dir."
     build.info = {"num_classes": num_classes or 10, "image_shape": (3, 224, 224), "mean": mean, "std": std,  # type: ignore[attr-defined]
-                  "train_per_class": train_per_class, "test_per_class": test_per_class, "loader": "image_list"}
+                  "train_per_class": train_per_class, "test_per_class": test_per_class, "imb_factor": imb_factor,
+                  "loader": "image_list"}
     build.info_for = lambda args: _shape_info(args, build.info)  # type: ignore[attr-defined]
     DATASETS.register(name)(build)
 
 
 _register_txt("imagenet_lt", "ImageNet-LT (1000 classes, 115,846 train images, test = ILSVRC val)", "data/imagenet",
               "data_txt/ImageNet_LT", "ImageNet_LT_", "ImageNet_LT_train.txt", "ImageNet_LT_test.txt", 1000,
-              IMAGENET_MEAN, IMAGENET_STD, 1280, 50, True)
+              IMAGENET_MEAN, IMAGENET_STD, 1280, 50, 5 / 1280, True)
 _register_txt("inat2018", "iNaturalist 2018 (8142 classes; its val list is the test list)", "data/iNaturalist",
               "data_txt/iNaturalist18", "iNaturalist18_", "iNaturalist18_train.txt", "iNaturalist18_val.txt", 8142,
-              INAT_MEAN, INAT_STD, 1000, 3, True)
+              INAT_MEAN, INAT_STD, 1000, 3, 2 / 1000, True)
 _register_txt("places_lt", "Places-LT (365 classes, 62,500 train images)", "data/places365", "data_txt/Places_LT",
               "Places_LT_", "Places_LT_train.txt", "Places_LT_test.txt", 365, IMAGENET_MEAN, IMAGENET_STD, 4980, 100,
-              True)
+              5 / 4980, True)
 _register_txt("txt_list", "Custom long-tailed data set from your own txt lists (num_classes inferred when omitted)",
               "data/custom", "data/custom", "test_", "train.txt", "test.txt", None, IMAGENET_MEAN, IMAGENET_STD,
-              500, 50, False)
+              500, 50, 0.01, False)
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -271,5 +275,5 @@ def image_folder(split: str = "train", data_dir: str = "data/custom", train_dir:
 
 
 image_folder.info = {"num_classes": 10, "image_shape": (3, 224, 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,  # type: ignore[attr-defined]
-                     "train_per_class": 500, "test_per_class": 50, "loader": "image_list"}
+                     "train_per_class": 500, "test_per_class": 50, "imb_factor": 0.01, "loader": "image_list"}
 image_folder.info_for = lambda args: _shape_info(args, image_folder.info)  # type: ignore[attr-defined]

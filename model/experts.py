@@ -13,6 +13,8 @@ class MultiExpertModel(nn.Module):
     ``branch`` is built from expert layers (model/layers.py) for ``num_experts`` experts. ``batched_experts=True``
     runs all experts in one grouped pass; ``False`` runs them one by one with views of the same weights.
     ``forward`` returns ``{"output": mean of expert logits (B, C), "logits": (B, E, C), "feat": (B, E, D)}``.
+    An optional ``router`` (model/router.py, set from the ``arch.router`` config block) adds ``router_logits`` in
+    training mode and runs per-sample early exit in eval mode.
     """
 
     def __init__(self, trunk: nn.Module, branch: nn.Module, feature_dim: int, num_classes: int, num_experts: int = 1,
@@ -24,6 +26,7 @@ class MultiExpertModel(nn.Module):
         self.num_experts, self.num_classes, self.feature_dim = num_experts, num_classes, feature_dim
         self.batched_experts = batched_experts
         self.head = ExpertHead(num_experts, feature_dim, num_classes, cosine=use_norm, scale=s)
+        self.router: nn.Module | None = None
 
     def expert_features(self, shared: torch.Tensor, expert: int) -> torch.Tensor:
         """Pooled features (B, D) of one expert from the trunk output (used by routers and the looped path)."""
@@ -39,6 +42,11 @@ class MultiExpertModel(nn.Module):
         return torch.stack([self.expert_features(shared, e) for e in range(self.num_experts)], dim=1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.router is not None and not self.training:
+            return self.router.early_exit(self, x)
         feat = self.features(x)
         logits = self.head(feat)
-        return {"output": logits.mean(dim=1), "logits": logits, "feat": feat}
+        out = {"output": logits.mean(dim=1), "logits": logits, "feat": feat}
+        if self.router is not None:
+            out["router_logits"] = self.router(logits, feat)
+        return out

@@ -140,5 +140,11 @@ class ExpertHead(nn.Module):
             return self.scale * torch.einsum("bed,edc->bec", x, w)
         return torch.einsum("bed,ecd->bec", features, self.weight) + self.bias
 
+    def forward_expert(self, features: torch.Tensor, expert: int) -> torch.Tensor:
+        """Logits (B, C) of one expert from its pooled features (B, D) (early-exit inference)."""
+        if self.cosine:
+            return self.scale * F.normalize(features, dim=-1) @ F.normalize(self.weight[expert], dim=0)
+        return features @ self.weight[expert].t() + self.bias[expert]
+
     def extra_repr(self) -> str:
         return f"cosine={self.cosine}, scale={self.scale}, weight={tuple(self.weight.shape)}"

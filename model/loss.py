@@ -23,10 +23,15 @@ def log_prior(cls_num_list: Sequence[int], eps: float = 1e-9) -> torch.Tensor:
     return torch.log(counts / counts.sum() + eps).float()
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Upcast half/bfloat16 (autocast outputs) to float32; keep float32/float64 as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def expert_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Batch-mean cross-entropy of each expert: logits (B, E, C), target (B,) -> (E,)."""
     b, e, c = logits.shape
-    per_sample = F.cross_entropy(logits.reshape(b * e, c).float(), target.repeat_interleave(e), reduction="none")
+    per_sample = F.cross_entropy(at_least_fp32(logits.reshape(b * e, c)), target.repeat_interleave(e), reduction="none")
     return per_sample.view(b, e).mean(dim=0)
 
 
@@ -53,7 +58,7 @@ class LogitAdjustedExpertLoss(nn.Module):
         if logits.shape[1] != self.num_experts:
             raise ValueError(f"loss has {self.num_experts} tau values but the model returned {logits.shape[1]} experts; "
                              "make loss.args.tau_list match arch.args.num_experts")
-        adjusted = logits.float() + self.tau_list[None, :, None] * self.log_prior[None, None, :]
+        adjusted = at_least_fp32(logits) + self.tau_list[None, :, None] * self.log_prior[None, None, :]
         per_expert = expert_cross_entropy(adjusted, target)
         return LossOutput(per_expert.mean(), per_expert)
 

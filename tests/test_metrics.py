@@ -79,3 +79,13 @@ def test_seed_table_mean_std_from_known_numbers(tmp_path):
     assert back[0]["all"] == 50.0 and back[0]["prior"] == "uniform"
     png = plot_priors([{**r, "posthoc": False} for r in rows], ["forward5", "uniform"], tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seed_table_groups_methods():
+    rows = [{"run": f"{m}/seed{s}", "method": m, "prior": "uniform", "all": v}
+            for m, vals in (("ce", (80.0, 82.0)), ("balpoe", (90.0, 94.0))) for s, v in zip((1, 2), vals)]
+    _, body = seed_table(rows, "prior", ["uniform"], "all", group_key="method")
+    labels = [r[0] for r in body]
+    assert labels == ["ce/seed1", "ce/seed2", "ce mean", "ce std", "balpoe/seed1", "balpoe/seed2", "balpoe mean", "balpoe std"]
+    assert body[2][1] == pytest.approx(81.0) and body[6][1] == pytest.approx(92.0)
+    assert body[7][1] == pytest.approx(math.sqrt(8.0))

@@ -28,18 +28,24 @@ def test_macs_single_resnet32():
 # Narrower late stages keep the deepest backbones cheap on CPU (the full widths are checked by parameter counts).
 SMOKE_ARGS = {"resnet152": {"layer3_output_dim": 32, "layer4_output_dim": 32},
               "resnext152": {"layer3_output_dim": 32, "layer4_output_dim": 32}}
+# Models that are not plain multi-expert backbones: (config args, code kwargs, number of experts in "logits").
+SPECIAL_MODELS = {
+    "class_balanced_experts": ({"expert_arch": {"type": "resnet_cifar", "args": {"depth": 8, "stem_width": 4, "use_norm": False}},
+                                "many_threshold": 50, "few_threshold": 10}, {"cls_num_list": [90, 80, 40, 30, 20, 5, 3]}, 1),
+}
 
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_model_forward_backward(name):
-    args = {"num_experts": 2, **SMOKE_ARGS.get(name, {})}
-    model = MODELS.build({"type": name, "args": args}, "arch", num_classes=7, in_channels=3)
+    args, code, experts = SPECIAL_MODELS.get(name, ({"num_experts": 2, **SMOKE_ARGS.get(name, {})}, {}, 2))
+    model = MODELS.build({"type": name, "args": args}, "arch", num_classes=7, in_channels=3, **code)
     out = model(torch.randn(3, 3, 32, 32))
-    assert out["logits"].shape == (3, 2, 7) and out["output"].shape == (3, 7)
+    assert out["logits"].shape == (3, experts, 7) and out["output"].shape == (3, 7)
     assert torch.allclose(out["output"], out["logits"].mean(1))
     out["output"].sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not missing and all(torch.isfinite(p.grad).all() for p in model.parameters())
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # frozen parts by design excluded
+    missing = [n for n, p in trainable if p.grad is None]
+    assert trainable and not missing and all(torch.isfinite(p.grad).all() for _, p in trainable)
 
 
 def _pair(num_experts=3):

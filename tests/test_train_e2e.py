@@ -125,3 +125,16 @@ def test_dry_run_prints_groups_params_macs(cifar10_dir, tmp_path, capsys):
 def test_reference_custom_lr_values():
     lrs = [0.1 * warmup_step_factor(t - 1, 160, 180, 0.1, 5) for t in (1, 2, 3, 4, 5, 6, 160, 161, 180, 181, 200)]
     assert lrs == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_cosine_schedule_matches_torch_cosine_annealing():
+    from trainer.optim import cosine
+
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    ours = torch.optim.SGD(params, lr=0.2)
+    ref = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+    sched, ref_sched = cosine(ours, T_max=10), torch.optim.lr_scheduler.CosineAnnealingLR(ref, T_max=10)
+    for _ in range(10):
+        assert ours.param_groups[0]["lr"] == pytest.approx(ref.param_groups[0]["lr"], abs=1e-12)
+        ours.step(), ref.step()
+        sched.step(), ref_sched.step()

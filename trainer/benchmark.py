@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from data_loader.datasets import DataNotFoundError, synthetic_dataset
-from data_loader.factory import DataBundle, build_augment, build_data, loader_class, split_loader_args
+from data_loader.factory import DataBundle, build_augment, build_data, loader_kind, split_loader_args
 from data_loader.loader import BatchLoader
 from trainer.build import resolve_device
 from trainer.cli import apply_overrides
@@ -34,8 +34,8 @@ def synthetic_bundle(config: dict[str, Any], device: torch.device) -> DataBundle
                               max_images=SYNTHETIC_MAX_IMAGES).to(device)
     test = synthetic_dataset(name, "test", seed=1, args=dataset_args, max_images=SYNTHETIC_MAX_IMAGES).to(device)
     channels_last = config["trainer"]["channels_last"]
-    tensor_kind = loader_class(name) is BatchLoader
-    augment = build_augment(name, loader_args, train.image_shape[-1]) if tensor_kind else None
+    kind = loader_kind(name, dataset_args)
+    augment = build_augment(kind, loader_args, train.image_shape[-1]) if kind == train.loader_kind else None
     return DataBundle(train, test,
                       BatchLoader(train, loader_args.get("batch_size", 128), "random", augment, config["seed"], False, channels_last),
                       BatchLoader(test, config["evaluation"]["test_batch_size"], "sequential", None, 0, False, channels_last))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -10,8 +11,10 @@ import torch.nn as nn
 import data_loader  # noqa: F401  (registers data sets, samplers, augmentations)
 import model  # noqa: F401  (registers architectures and losses)
 from model.registry import LOSSES, MODELS, WEIGHT_FORMATS
+from model.router import attach_router
 from trainer.combiner import COMBINERS, Combiner
 from trainer.optim import OPTIMIZERS, SCHEDULERS
+from utils.checkpoint import CheckpointError, load_checkpoint, strip_prefixes
 from utils.registry import ConfigError
 
 
@@ -30,9 +33,16 @@ def resolve_device(device: str | None) -> torch.device:
         raise ConfigError(f"-d/--device {device!r} is not a device: use cpu, cuda, cuda:N or a GPU list like 0,1") from None
 
 
-def build_model(config: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
-    """The configured architecture; class count and input channels come from the data set."""
-    return MODELS.build(config["arch"], "arch", num_classes=num_classes, in_channels=in_channels)
+def build_model(config: dict[str, Any], num_classes: int, in_channels: int,
+                cls_num_list: Sequence[int] | None = None) -> nn.Module:
+    """The configured architecture plus the optional ``arch.router``; class count, input channels and training
+    counts come from the data set (architectures that do not take ``cls_num_list`` never see it)."""
+    counts = {} if cls_num_list is None else {"cls_num_list": list(cls_num_list)}
+    model = MODELS.build(config["arch"], "arch", siblings=("router",), num_classes=num_classes, in_channels=in_channels,
+                         **counts)
+    if "router" in config["arch"]:
+        attach_router(model, config["arch"]["router"])
+    return model
 
 
 def num_experts_of(model: nn.Module) -> int:
@@ -42,7 +52,8 @@ def num_experts_of(model: nn.Module) -> int:
 
 def build_criterion(config: dict[str, Any], cls_num_list: Sequence[int], num_experts: int) -> nn.Module:
     """The configured loss; class counts come from the training set, the expert count from the model."""
-    return LOSSES.build(config["loss"], "loss", cls_num_list=list(cls_num_list), num_experts=num_experts)
+    return LOSSES.build(config["loss"], "loss", siblings=("tau_min", "tau_max"), cls_num_list=list(cls_num_list),
+                        num_experts=num_experts)
 
 
 def parameter_groups(model: nn.Module, group_lr: dict[str, float]) -> list[dict[str, Any]]:
@@ -69,7 +80,8 @@ def build_optimizer(config: dict[str, Any], model: nn.Module) -> torch.optim.Opt
     group_lr = config["optimizer"].get("group_lr", {})
     if not isinstance(group_lr, dict) or not all(isinstance(v, (int, float)) for v in group_lr.values()):
         raise ConfigError(f"optimizer.group_lr must map parameter-name prefixes to learning rates, got {group_lr!r}")
-    return OPTIMIZERS.build(config["optimizer"], "optimizer", params=parameter_groups(model, group_lr))
+    return OPTIMIZERS.build(config["optimizer"], "optimizer", siblings=("group_lr",),
+                            params=parameter_groups(model, group_lr))
 
 
 def build_scheduler(config: dict[str, Any], optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -83,6 +95,21 @@ def build_combiner(config: dict[str, Any], epoch: int | None = None) -> Combiner
     if finetune is not None and epoch is not None and epoch >= int(finetune.get("initial_epoch", 10**9)):
         return COMBINERS.build("default", "finetuning_combiner")
     return COMBINERS.build(config.get("combiner", "default"), "combiner")
+
+
+def load_stage_checkpoint(path: str, key: str) -> dict[str, Any]:
+    """Load the checkpoint an earlier stage wrote (a run directory means its last.pth); a missing file names the key."""
+    try:
+        return load_checkpoint(Path(path) / "last.pth" if Path(path).is_dir() else path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{key}: {exc}. Train the earlier stage first and point to its checkpoint, "
+                              f"e.g. --set {key}=saved/<name>/seed<seed>-<time>/last.pth") from None
+
+
+@WEIGHT_FORMATS.register("framework")
+def framework_weights(path: str, model: nn.Module) -> dict[str, Any]:
+    """Weights of a checkpoint written by this framework's trainer (a run directory means its last.pth)."""
+    return strip_prefixes(load_stage_checkpoint(path, "init_from.checkpoint")["model"])
 
 
 INIT_FROM_KEYS = {"checkpoint": str, "exclude": list, "freeze": list, "strict": bool, "format": str}
@@ -131,17 +158,16 @@ def build_without_data(config: dict[str, Any]) -> dict[str, Any]:
     """Validate a resolved config and build every object from the data set's registered shape (no files needed)."""
     from data_loader.datasets import DATASETS, dataset_info
     from data_loader.factory import build_augment, split_loader_args
-    from data_loader.profiles import lt_class_counts
 
     dataset_args, loader_args = split_loader_args(config["data_loader"])
     name = config["data_loader"].get("type")
     DATASETS.get(name, where="data_loader.type")
     DATASETS.validate_args(name, dataset_args, "data_loader.args", code_supplied={"split"})
     info = dataset_info(name, dataset_args)
-    counts = lt_class_counts(info["train_per_class"], info["num_classes"], dataset_args.get("imb_factor", 0.01))
-    model = build_model(config, info["num_classes"], info["image_shape"][0])
+    counts = info["cls_num_list"]
+    model = build_model(config, info["num_classes"], info["image_shape"][0], counts)
     criterion = build_criterion(config, counts, num_experts_of(model))
     optimizer = build_optimizer(config, model)
-    augment = build_augment(name, loader_args, info["image_shape"][-1])
+    augment = build_augment(info.get("loader", "tensor"), loader_args, info["image_shape"][-1])
     return {"model": model, "criterion": criterion, "optimizer": optimizer, "scheduler": build_scheduler(config, optimizer),
             "combiner": build_combiner(config), "augment": augment, "image_shape": info["image_shape"], "cls_num_list": counts}

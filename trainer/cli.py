@@ -14,6 +14,7 @@ from trainer.trainer import Trainer, make_run_dir, write_run_config
 from trainer.evaluator import masks_for
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.config import load_json, parse_cli_value, resolve_config, set_by_path
+from trainer.cost import expert_cost, is_multi_expert
 from utils.flops import count_macs, count_parameters
 from utils.registry import ConfigError
 
@@ -72,9 +73,11 @@ def dry_run_summary(config: dict[str, Any], device: Any) -> str:
     for group, mask in masks.items():
         n_img = sum(c for c, m in zip(counts, mask.tolist()) if m)
         lines.append(f"  {group:<7} {int(mask.sum()):>5} classes {n_img:>8} images")
-    model = build_model(config, data.train_set.num_classes, data.train_set.image_shape[0])
+    model = build_model(config, data.train_set.num_classes, data.train_set.image_shape[0], counts)
+    shape = data.train_set.image_shape
+    macs = expert_cost(model, shape).all_experts if is_multi_expert(model) else count_macs(model, shape)
     lines.append(f"model: {config['arch']['type']}  experts: {getattr(model, 'num_experts', 1)}  "
-                 f"parameters: {count_parameters(model):,}  MACs/image: {count_macs(model, data.train_set.image_shape) / 1e9:.4f} G")
+                 f"parameters: {count_parameters(model):,}  MACs/image (all experts): {macs / 1e9:.4f} G")
     lines.append(f"steps/epoch: {len(data.train_loader)}  epochs: {config['trainer']['epochs']}")
     return "\n".join(lines)
 

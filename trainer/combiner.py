@@ -25,6 +25,16 @@ class StepOutput:
     output: dict[str, torch.Tensor]
 
 
+def compute_loss(criterion: Callable[..., LossOutput], output: dict[str, torch.Tensor], target: torch.Tensor) -> LossOutput:
+    """criterion(expert logits, target, **the extra model outputs the loss lists in its ``extra_inputs``)."""
+    names = getattr(criterion, "extra_inputs", ())
+    missing = [name for name in names if name not in output]
+    if missing:
+        raise ValueError(f"loss {type(criterion).__name__} needs the model output(s) {missing}, but the model returned "
+                         f"{sorted(output)} (teacher_output needs a 'distill' config block, router_logits an arch.router)")
+    return criterion(output["logits"], target, **{name: output[name] for name in names})
+
+
 def _correct(mean_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Number of correct top-1 predictions as a float tensor (no host sync)."""
     return (mean_logits.argmax(dim=1) == target).sum().float()
@@ -42,7 +52,7 @@ class Combiner:
     def __call__(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor, criterion: Callable[..., LossOutput],
                  gen: torch.Generator, host_rng: np.random.Generator) -> StepOutput:
         output = model(images)
-        result = criterion(output["logits"], target)
+        result = compute_loss(criterion, output, target)
         return StepOutput(result.total, result.per_expert, _correct(output["output"], target), output)
 
 
@@ -75,7 +85,7 @@ class MixCombiner(Combiner):
         mixed, lam = self.mix_inputs(images, perm, host_rng)
         output = model(mixed)
         target_b = target[perm]
-        loss, per_expert = _mix(criterion(output["logits"], target), criterion(output["logits"], target_b), lam)
+        loss, per_expert = _mix(compute_loss(criterion, output, target), compute_loss(criterion, output, target_b), lam)
         correct = lam * _correct(output["output"], target) + (1 - lam) * _correct(output["output"], target_b)
         return StepOutput(loss, per_expert, correct, output)
 

@@ -17,6 +17,7 @@ from data_loader.factory import DataBundle, build_data
 from trainer.build import (build_combiner, build_criterion, build_model, build_optimizer, build_scheduler,
                            frozen_batchnorm_to_eval, init_from_checkpoint, num_experts_of)
 from trainer.distributed import DistContext, any_rank, barrier, convert_sync_batchnorm, sum_over_ranks, wrap_ddp
+from trainer.distill import with_teacher
 from trainer.evaluator import autocast_context, masks_for, validation_metrics
 from utils.checkpoint import CheckpointError, save_checkpoint, strip_prefixes, unwrap_model
 from utils.config import config_stem
@@ -88,7 +89,7 @@ class Trainer:
         self.cls_num_list = self.data.cls_num_list
         self.masks = masks_for(self.cls_num_list, config["evaluation"])
         ts = self.data.train_set
-        self.model = build_model(config, ts.num_classes, ts.image_shape[0]).to(device)
+        self.model = build_model(config, ts.num_classes, ts.image_shape[0], self.cls_num_list).to(device)
         self.frozen = init_from_checkpoint(self.model, config["init_from"]) if "init_from" in config else []
         if self.cfg_trainer["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -99,7 +100,9 @@ class Trainer:
         self.optimizer = build_optimizer(config, self.model)
         self.scheduler = build_scheduler(config, self.optimizer)
         self.scaler = torch.amp.GradScaler(device.type) if self.amp == "fp16" else None
-        self.step_model = self._wrap(self.model)
+        # the step model adds a frozen teacher's output when the loss distils (config "distill"; trainer/distill.py)
+        self.step_model = self._wrap(
+            with_teacher(config, self.criterion, self.model, ts.num_classes, ts.image_shape[0], device))
         self.start_epoch, self.start_step = 1, 0
         self.monitor_mode, self.monitor_key = self._parse_monitor(self.cfg_trainer["monitor"])
         self.monitor_best = -math.inf if self.monitor_mode == "max" else math.inf
@@ -115,8 +118,9 @@ class Trainer:
             model = wrap_ddp(model, self.device)
         elif self.device.type == "cuda" and n_gpu > 1 and torch.cuda.device_count() > 1:
             model = nn.DataParallel(model, device_ids=list(range(min(n_gpu, torch.cuda.device_count()))))
-        if self.cfg_trainer["compile"]:
-            model = torch.compile(model)
+        backend = self.cfg_trainer["compile"]
+        if backend:
+            model = torch.compile(model, backend=backend if isinstance(backend, str) else "inductor")
         return model
 
     @staticmethod
@@ -180,7 +184,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         expert_sum = torch.zeros(self.num_experts, device=self.device)
         correct_sum = torch.zeros((), device=self.device)
-        seen, log_every = 0, max(1, self.cfg_trainer["log_interval"])
+        seen, log_every, per_expert_logged = 0, max(1, self.cfg_trainer["log_interval"]), False
         bar = progress(loader.batches(epoch, start_step), total_steps, f"epoch {epoch}", enabled=not self.quiet)
         bar.update(start_step)
         start = time.perf_counter()
@@ -202,6 +206,7 @@ class Trainer:
             correct_sum += out.correct.detach()
             if out.per_expert is not None:
                 expert_sum += out.per_expert.detach() * batch
+                per_expert_logged = True
             seen += batch
             for callback in self.callbacks:
                 callback(self, epoch, step)
@@ -226,7 +231,7 @@ class Trainer:
         seen = max(seen, 1)
         metrics = {"loss": float(loss_sum) / seen, "accuracy": 100.0 * float(correct_sum) / seen,
                    "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
-        if self.num_experts > 1 or float(expert_sum.abs().sum()) > 0:
+        if per_expert_logged:
             metrics.update({f"loss_expert{e}": float(v) / seen for e, v in enumerate(expert_sum.tolist())})
         return metrics
 

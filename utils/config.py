@@ -13,6 +13,7 @@ TOP_LEVEL_KEYS = {
     "name": str, "seed": int, "n_gpu": int, "arch": dict, "data_loader": dict, "loss": dict,
     "optimizer": dict, "lr_scheduler": dict, "combiner": dict, "finetuning_combiner": dict,
     "trainer": dict, "evaluation": dict, "distill": dict, "init_from": dict, "description": str,
+    "ensemble": dict,  # Class-Balanced Experts calibration: {"checkpoints": [many, medium, few]}
 }
 REQUIRED_KEYS = ("name", "arch", "data_loader", "loss", "optimizer", "trainer")
 
@@ -26,7 +27,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "log_interval": 20,        # steps between progress-bar refreshes (each one is a host sync)
     "channels_last": True,
     "amp": "off",              # off | bf16 | fp16
-    "compile": False,
+    "compile": False,          # false, true (inductor) or a torch.compile backend name such as "aot_eager"
     "tensorboard": True,
     "deterministic": False,
     "sync_batchnorm": False,   # DDP (torchrun) only: BN statistics over the global batch instead of per process
@@ -35,6 +36,8 @@ EVALUATION_DEFAULTS: dict[str, Any] = {
     "many_threshold": 100,     # many-shot: n_c > many_threshold
     "few_threshold": 20,       # few-shot: n_c < few_threshold
     "test_batch_size": 512,
+    "source_prior": "uniform",  # prior the model's posteriors assume (EM test-prior estimation): uniform | train | train^g
+    "test_time": {},           # SADE test-time aggregation settings (trainer/test_time.py TEST_TIME_DEFAULTS)
 }
 
 
@@ -150,6 +153,8 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"unknown key(s) trainer.{', trainer.'.join(unknown)}. Valid keys: {', '.join(sorted(TRAINER_DEFAULTS))}")
     for key, default in TRAINER_DEFAULTS.items():
         trainer.setdefault(key, default)
+        if key == "compile" and isinstance(trainer[key], str):
+            continue
         if not _same_kind(default, trainer[key]) or (isinstance(default, int) and isinstance(trainer[key], float)):
             raise ConfigError(f"'trainer.{key}' must be of type {type(default).__name__}, got {trainer[key]!r}")
     if trainer["amp"] not in ("off", "bf16", "fp16"):
@@ -159,7 +164,7 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown key(s) evaluation.{', evaluation.'.join(unknown)}. Valid keys: {', '.join(EVALUATION_DEFAULTS)}")
     for key, default in EVALUATION_DEFAULTS.items():
-        evaluation.setdefault(key, default)
+        evaluation.setdefault(key, copy.deepcopy(default))
     loss_args = config["loss"].setdefault("args", {})
     if "tau_list" in loss_args:
         num_experts = int(get_by_path(config, "arch.args.num_experts", 1))

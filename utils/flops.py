@@ -1,8 +1,21 @@
-"""Multiply-accumulate counting by tracing aten ops (convolutions and matrix products) of one forward pass."""
+"""Multiply-accumulate counting by tracing aten ops (convolutions and matrix products) of one forward pass.
+
+``python -m utils.flops -c CONFIG`` prints parameters and MACs per image (CLI in trainer/flops.py).
+"""
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+
+@torch.no_grad()
+def count_call_macs(fn: Callable[[], Any]) -> int:
+    """MACs of the convolutions and matrix products executed by ``fn()`` (FLOPs / 2)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops() // 2)
 
 
 @torch.no_grad()
@@ -12,9 +25,7 @@ def count_macs(model: torch.nn.Module, input_shape: tuple[int, ...], device: str
     model.eval()
     try:
         x = torch.zeros(1, *input_shape, device=device)
-        with FlopCounterMode(display=False) as counter:
-            model(x)
-        return int(counter.get_total_flops() // 2)
+        return count_call_macs(lambda: model(x))
     finally:
         model.train(was_training)
 
@@ -22,3 +33,11 @@ def count_macs(model: torch.nn.Module, input_shape: tuple[int, ...], device: str
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of parameters (trainable or not)."""
     return sum(p.numel() for p in model.parameters())
+
+
+if __name__ == "__main__":
+    import sys
+
+    from trainer.flops import flops_main
+
+    sys.exit(flops_main())

@@ -16,6 +16,14 @@ def shot_masks(cls_num_list: Sequence[int], many_threshold: int = 100, few_thres
     return {"many": many, "medium": ~many & ~few, "few": few}
 
 
+def group_classes(cls_num_list: Sequence[int], group: str, many_threshold: int = 100, few_threshold: int = 20) -> list[int]:
+    """Class indices (ascending) of one shot group ('many', 'medium' or 'few'), by the rule of :func:`shot_masks`."""
+    masks = shot_masks(cls_num_list, many_threshold, few_threshold)
+    if group not in masks:
+        raise ValueError(f"unknown class group {group!r}; use one of {', '.join(masks)}")
+    return torch.nonzero(masks[group]).flatten().tolist()
+
+
 def per_class_accuracy(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class recall and per-class sample counts (recall is nan for classes absent from ``target``)."""
     support = torch.bincount(target, minlength=num_classes).double()

@@ -130,17 +130,21 @@ class Registry:
         if missing:
             raise ConfigError(f"missing required key(s) {', '.join(f'{where}.{k}' for k in missing)} for {self.kind} {name!r}")
 
-    def build(self, block: dict[str, Any] | str, where: str, **code_kwargs: Any) -> Any:
+    def build(self, block: dict[str, Any] | str, where: str, siblings: Iterable[str] = (), **code_kwargs: Any) -> Any:
         """Instantiate from a ``{"type", "args"}`` block (or a bare name); code kwargs fill what the config may not set.
 
         Code-supplied kwargs the constructor does not accept are dropped, so every entry only declares what it uses;
-        a config key that collides with a code-supplied value must agree with it.
+        a config key that collides with a code-supplied value must agree with it. ``siblings`` lists the extra keys
+        the caller reads from the block itself (e.g. ``loss.tau_min``); any other key is a typo and an error.
         """
         if isinstance(block, str):
             block = {"type": block, "args": {}}
         if not isinstance(block, dict) or "type" not in block:
             raise ConfigError(f"'{where}' must be an object with a \"type\" key (one of: {', '.join(self.names())})")
-        extra = set(block) - {"type", "args"}
+        extra = sorted(set(block) - {"type", "args"} - set(siblings))
+        if extra:
+            allowed = ", ".join(["type", "args", *siblings])
+            raise ConfigError(f"unknown key(s) {', '.join(f'{where}.{k}' for k in extra)}; '{where}' accepts: {allowed}")
         name = block["type"]
         fn = self.get(name, where=f"{where}.type")
         args = dict(block.get("args") or {})
@@ -153,5 +157,4 @@ class Registry:
                 raise ConfigError(
                     f"'{where}.args.{key}' is {args[key]!r} but the data/code says {value!r}; remove the key from the config"
                 )
-        del extra  # top-level siblings of type/args (e.g. loss.tau_min) are read by whoever owns them
         return fn(**{**args, **supplied})

@@ -47,18 +47,25 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
 
 
 def seed_table(rows: Sequence[dict[str, Any]], column_key: str, columns: Sequence[str], value_key: str,
-               run_key: str = "run") -> tuple[list[str], list[list[Any]]]:
-    """Pivot tidy rows into one row per run plus 'mean' and 'std' rows (columns = values of ``column_key``)."""
-    runs: list[str] = []
+               run_key: str = "run", group_key: str | None = None) -> tuple[list[str], list[list[Any]]]:
+    """Pivot tidy rows into one row per run plus 'mean' and 'std' rows (columns = values of ``column_key``).
+
+    With ``group_key`` (e.g. the method) and several groups, each group gets its own '<group> mean/std' rows.
+    """
+    cell = {(row[run_key], row[column_key]): row[value_key] for row in rows}
+    groups: dict[Any, list[str]] = {}
     for row in rows:
+        runs = groups.setdefault(row.get(group_key) if group_key else None, [])
         if row[run_key] not in runs:
             runs.append(row[run_key])
-    cell = {(row[run_key], row[column_key]): row[value_key] for row in rows}
-    body: list[list[Any]] = [[run] + [cell.get((run, col), float("nan")) for col in columns] for run in runs]
-    if len(runs) > 1:
-        stats = [mean_std([cell.get((run, col), float("nan")) for run in runs]) for col in columns]
-        body.append(["mean"] + [m for m, _ in stats])
-        body.append(["std"] + [s for _, s in stats])
+    body: list[list[Any]] = []
+    for group, runs in groups.items():
+        body += [[run] + [cell.get((run, col), float("nan")) for col in columns] for run in runs]
+        if len(runs) > 1:
+            prefix = f"{group} " if len(groups) > 1 else ""
+            stats = [mean_std([cell.get((run, col), float("nan")) for run in runs]) for col in columns]
+            body.append([f"{prefix}mean"] + [m for m, _ in stats])
+            body.append([f"{prefix}std"] + [s for _, s in stats])
     return [run_key] + list(columns), body
 
 
@@ -79,7 +86,7 @@ def render(header: Sequence[str], body: Iterable[Sequence[Any]], style: str = "t
         lines += [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
                   " & ".join(escape(h) for h in header) + r" \\", r"\midrule"]
         for row in cells:
-            if row[0] == "mean":
+            if row[0].endswith("mean"):
                 lines.append(r"\midrule")
             lines.append(" & ".join(escape(c) for c in row) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
@@ -117,7 +124,8 @@ def plot_priors(rows: Sequence[dict[str, Any]], priors: Sequence[str], path: str
         stats = [mean_std([r[value_key] for r in subset if r["prior"] == p]) for p in priors]
         means = [m for m, _ in stats]
         stds = [s if not math.isnan(s) else 0.0 for _, s in stats]
-        label = {True: "posthoc correction", False: "no correction", None: value_key}.get(name, str(name))
+        label = {True: "posthoc correction", False: "no correction", None: value_key, "none": "no correction",
+                 "oracle": "oracle prior correction", "estimate": "estimated prior correction"}.get(name, str(name))
         ax.plot(xs, means, marker="o", label=label)
         ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.25)
     n_runs = len({r[run_key] for r in rows})

@@ -1,0 +1,105 @@
+"""cRT (frozen features, re-initialised head, class-balanced batches) and post-hoc tau-normalisation on tiny data."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_loader.loader import BatchLoader
+from trainer.build import build_model
+from trainer.cli import train_main
+from trainer.evaluate import uniform_main
+from trainer.tau_norm import tau_normalize, tau_norm_main
+from trainer.trainer import Trainer
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.config import resolve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official release")
+
+
+def fmnist_args(data_dir, save_dir):
+    """Overrides that shrink a shipped Fashion-MNIST config to the tiny fixture (1 epoch, 2 batches)."""
+    return ["--data_dir", str(data_dir), "--save_dir", str(save_dir), "--epochs", "1", "-d", "cpu", "--quiet",
+            "--limit_batches", "2", "--batch_size", "32", "--set", "data_loader.args.imb_factor=0.1",
+            "--set", "trainer.tensorboard=false"]
+
+
+def last_checkpoint(save_dir, name):
+    return sorted((Path(save_dir) / name).glob("seed*/last.pth"))[-1]
+
+
+@pytest.fixture(scope="module")
+def crt_runs(fmnist_dir, tmp_path_factory):
+    """Stage 1: the Fashion-MNIST CE config with a linear head; stage 2: the cRT config initialised from it."""
+    save_dir = tmp_path_factory.mktemp("crt")
+    base = fmnist_args(fmnist_dir, save_dir)
+    assert train_main(["-c", str(ROOT / "configs/fmnist_ir100/ce.json"), *base, "--set", "arch.args.use_norm=false"]) == 0
+    stage1 = last_checkpoint(save_dir, "fmnist_ir100_ce")
+    assert train_main(["-c", str(ROOT / "configs/fmnist_ir100/crt.json"), *base,
+                       "--set", f"init_from.checkpoint={stage1}"]) == 0
+    return stage1, last_checkpoint(save_dir, "fmnist_ir100_crt")
+
+
+def test_crt_keeps_features_bit_identical_and_retrains_the_head(crt_runs):
+    stage1, crt = (load_checkpoint(p)["model"] for p in crt_runs)
+    features = [k for k in stage1 if not k.startswith("head.")]
+    assert any("running_mean" in k for k in features)  # BN statistics are frozen too (eval mode)
+    for key in features:
+        assert torch.equal(stage1[key], crt[key]), key
+    assert not torch.equal(stage1["head.weight"], crt["head.weight"])
+
+
+def chi_square_uniform(labels, num_classes):
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    expected = counts.sum() / num_classes
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_crt_trains_on_class_balanced_batches(crt_runs):
+    config = resolve_config(json.loads((crt_runs[1].parent / "config.json").read_text()))
+    trainer = Trainer(config, torch.device("cpu"), quiet=True)
+    assert trainer.frozen and all(n.startswith(("trunk.", "branch.")) for n in trainer.frozen)
+    trainable = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert trainable == {id(p) for n, p in trainer.model.named_parameters() if n.startswith("head.")}
+    loader = trainer.data.train_loader
+    counts = trainer.cls_num_list
+    assert max(counts) / min(counts) >= 9  # the training set itself is long-tailed
+    full = BatchLoader(loader.dataset, 64, loader.sampler, None, seed=1)
+    drawn = torch.cat([t for epoch in (1, 2, 3) for _, t in full.batches(epoch)])
+    # chi-square with 9 degrees of freedom: 27.9 is the 0.1% critical value; the LT order itself is far above it
+    assert chi_square_uniform(drawn, 10) < 27.9
+    assert chi_square_uniform(loader.dataset.targets, 10) > 100
+
+
+def test_tau_normalize_known_matrix():
+    weight = torch.tensor([[[3.0, 4.0], [0.0, 2.0]]])  # (E=1, C=2, D=2)
+    assert tau_normalize(weight, 1.0).flatten().tolist() == pytest.approx([0.6, 0.8, 0.0, 1.0])
+    half = [3 / math.sqrt(5), 4 / math.sqrt(5), 0.0, 2 / math.sqrt(2)]
+    assert tau_normalize(weight, 0.5).flatten().tolist() == pytest.approx(half)
+    assert torch.equal(tau_normalize(weight, 0.0), weight)
+
+
+def test_tau_norm_checkpoint_is_evaluable(crt_runs, tmp_path, capsys):
+    source = crt_runs[1]
+    target = tmp_path / "taunorm.pth"
+    assert tau_norm_main(["-r", str(source), "--tau", "0.5", "--out", str(target)]) == 0
+    before, after = load_checkpoint(source), load_checkpoint(target)
+    w = before["model"]["head.weight"]
+    expected = torch.stack([torch.stack([w[e, c] / w[e, c].norm() ** 0.5 for c in range(w.shape[1])]) for e in range(w.shape[0])])
+    assert torch.allclose(after["model"]["head.weight"], expected)
+    assert torch.count_nonzero(after["model"]["head.bias"]) == 0
+    assert after["config"]["name"] == "fmnist_ir100_crt_taunorm0.5" and after["tau_norm"]["tau"] == 0.5
+    assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"] if not k.startswith("head."))
+    assert uniform_main(["-r", str(target), "-d", "cpu"]) == 0
+    assert "seed1" in capsys.readouterr().out
+
+
+def test_tau_norm_rejects_cosine_heads(crt_runs, tmp_path, capsys):
+    config = load_checkpoint(crt_runs[1])["config"]
+    config["arch"]["args"]["use_norm"] = True
+    model = build_model(config, 10, 1)
+    path = save_checkpoint({"model": model.state_dict(), "config": config, "cls_num_list": [1] * 10}, tmp_path / "cos.pth")
+    assert tau_norm_main(["-r", str(path), "--tau", "0.7"]) == 2
+    assert "cosine" in capsys.readouterr().err

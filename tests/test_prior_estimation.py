@@ -1,0 +1,62 @@
+"""EM test-prior estimation (Saerens et al. 2002) on synthetic posteriors whose calibration is known by construction."""
+import pytest
+import torch
+
+from trainer.evaluator import prior_reports
+from trainer.prior_estimation import em_prior, source_prior, total_variation
+from utils.metrics import shot_masks
+from utils.registry import ConfigError
+
+
+def gaussian_log_likelihoods(test_prior, num=4000, seed=0):
+    """Labels ~ test_prior, x ~ N(mu_y, I) in 2-D; returns exact log p(x|c) (up to a constant) and the labels."""
+    gen = torch.Generator().manual_seed(seed)
+    classes = len(test_prior)
+    angles = torch.arange(classes, dtype=torch.float64) * (2 * torch.pi / classes)
+    means = 2.5 * torch.stack([angles.cos(), angles.sin()], dim=1)
+    labels = torch.multinomial(test_prior, num, replacement=True, generator=gen)
+    x = means[labels] + torch.randn(num, 2, generator=gen, dtype=torch.float64)
+    return -0.5 * torch.cdist(x, means) ** 2, labels
+
+
+def test_em_recovers_a_known_test_prior_from_uniform_calibrated_posteriors():
+    true_prior = torch.tensor([0.5, 0.25, 0.12, 0.08, 0.05], dtype=torch.float64)
+    loglik, labels = gaussian_log_likelihoods(true_prior)
+    probs = torch.softmax(loglik, dim=1)  # exact posteriors under a uniform prior
+    empirical = torch.bincount(labels, minlength=5).double() / len(labels)
+    uniform = torch.full((5,), 0.2, dtype=torch.float64)
+    estimate = em_prior(probs, uniform)
+    assert estimate.sum().item() == pytest.approx(1.0)
+    assert total_variation(estimate, empirical) < 0.03
+    assert total_variation(uniform, empirical) > 0.3  # the starting point was far off
+    # the same data seen through a model calibrated for a different source prior: EM must undo that prior
+    source = torch.tensor([0.05, 0.1, 0.15, 0.3, 0.4], dtype=torch.float64)
+    shifted = torch.softmax(loglik + source.log(), dim=1)
+    assert total_variation(em_prior(shifted, source), estimate) < 1e-4
+
+
+def test_source_prior_specs():
+    counts = [40, 10]
+    assert source_prior("uniform", counts).tolist() == pytest.approx([0.5, 0.5])
+    assert source_prior("train", counts).tolist() == pytest.approx([0.8, 0.2])
+    assert source_prior("train^0.5", counts).tolist() == pytest.approx([2 / 3, 1 / 3])  # sqrt(0.8) : sqrt(0.2) = 2 : 1
+    for bad in ("balanced", "train^x", 0.5):
+        with pytest.raises(ConfigError, match="evaluation.source_prior"):
+            source_prior(bad, counts)
+    assert total_variation(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0])) == pytest.approx(0.5)
+
+
+def test_estimated_correction_rows_report_prior_tv_and_help_on_a_shifted_set():
+    true_prior = torch.tensor([0.6, 0.2, 0.1, 0.06, 0.04], dtype=torch.float64)
+    loglik, labels = gaussian_log_likelihoods(true_prior, seed=1)
+    expert_logits = loglik.float().unsqueeze(1).repeat(1, 2, 1)  # two identical "experts"
+    masks = shot_masks([500, 200, 50, 10, 5])
+    subsets = {"shifted": torch.arange(len(labels))}
+    rows = prior_reports(expert_logits, labels, subsets, masks, ("none", "oracle", "estimate"),
+                         source_prior=torch.full((5,), 0.2, dtype=torch.float64))
+    none, oracle, estimate = rows
+    assert [r["posthoc"] for r in rows] == ["none", "oracle", "estimate"]
+    assert "prior_tv" in estimate and "prior_tv" not in oracle and estimate["prior_tv"] < 0.03
+    assert estimate["all"] > none["all"] + 1.0
+    assert abs(estimate["all"] - oracle["all"]) < 1.0
+    assert prior_reports(expert_logits, labels, subsets, masks, (True,))[0] == {**oracle}  # old boolean flag

@@ -1,0 +1,150 @@
+"""SADE: expert losses against hand computations, the inverse prior, test-time aggregation and its view augmentation."""
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from data_loader.augment import AUGMENTS
+from data_loader.profiles import lt_class_counts
+from data_loader.views import adjust_hue, gaussian_blur, hsv_to_rgb, random_resized_crop, rgb_to_hsv
+from model.losses_sade import inverse_prior
+from model.registry import LOSSES
+from trainer.cli import train_main
+from trainer.evaluate import priors_main
+from trainer.test_time import TEST_TIME_DEFAULTS, learn_expert_weights
+from utils.registry import ConfigError
+
+COUNTS = [60, 30, 10]
+LOGITS = torch.tensor([[[1.0, 2.0, 0.5], [0.2, -1.0, 0.3], [2.0, 0.0, -0.5]],
+                       [[0.1, 0.1, 3.0], [1.5, 0.5, 0.0], [-1.0, 2.0, 1.0]]])  # (B=2, E=3, C=3)
+TARGET = [0, 2]
+
+
+def hand_ce(row, label):
+    """-z_y + log sum_j exp(z_j)."""
+    return -row[label] + math.log(sum(math.exp(v) for v in row))
+
+
+def test_sade_expert_losses_match_hand_computation():
+    tau = 2.0
+    prior = [0.6, 0.3, 0.1]
+    inverse = [0.1, 0.3, 0.6]  # the prior's values in reverse rank order
+    adjust = [[0.0] * 3,
+              [math.log(p + 1e-9) for p in prior],
+              [math.log(p + 1e-9) - tau * math.log(q + 1e-9) for p, q in zip(prior, inverse)]]
+    expected = [sum(hand_ce([LOGITS[b, e, c].item() + adjust[e][c] for c in range(3)], TARGET[b]) for b in range(2)) / 2
+                for e in range(3)]
+    loss = LOSSES.build({"type": "sade", "args": {"tau": tau}}, "loss", cls_num_list=COUNTS, num_experts=3)
+    out = loss(LOGITS, torch.tensor(TARGET))
+    assert out.per_expert.tolist() == pytest.approx(expected, rel=1e-5)
+    assert out.total.item() == pytest.approx(sum(expected), rel=1e-5)  # summed, not averaged
+
+
+def test_sade_needs_exactly_three_experts():
+    with pytest.raises(ConfigError, match="exactly 3 experts"):
+        LOSSES.build("sade", "loss", cls_num_list=COUNTS, num_experts=4)
+    loss = LOSSES.build("sade", "loss", cls_num_list=COUNTS, num_experts=3)
+    with pytest.raises(ValueError, match="num_experts=3"):
+        loss(LOGITS[:, :2], torch.tensor(TARGET))
+
+
+def test_inverse_prior_of_exponential_profile_is_the_reversed_prior():
+    counts = torch.tensor(lt_class_counts(500, 100, 0.01), dtype=torch.float64)
+    assert len(set(counts.tolist())) < 100  # the CIFAR-100 profile has tied tail classes
+    prior = counts / counts.sum()
+    assert torch.equal(inverse_prior(prior), prior.flip(0))
+    # non-monotone prior: the largest value goes to the smallest class and vice versa
+    assert inverse_prior(torch.tensor([0.2, 0.5, 0.3])).tolist() == pytest.approx([0.5, 0.2, 0.3])
+
+
+def synthetic_views(test_prior, num=1024, seed=0):
+    """Per-view SADE expert logits z_k = evidence + bias_k: forward log pi, uniform 0, backward 2 log pi_inv."""
+    classes = len(test_prior)
+    train_prior = torch.tensor(lt_class_counts(1000, classes, 0.01), dtype=torch.float64)
+    train_prior /= train_prior.sum()
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.multinomial(test_prior, num, replacement=True, generator=gen)
+    views = []
+    for _ in range(2):  # the two views share the label evidence and differ in noise
+        evidence = 3.0 * torch.nn.functional.one_hot(labels, classes).double() + 1.5 * torch.randn(num, classes, generator=gen, dtype=torch.float64)
+        views.append(torch.stack([evidence + train_prior.log(), evidence, evidence + 2 * train_prior.flip(0).log()], 1).float())
+    return views, train_prior
+
+
+def cached_batches(views, batch_size=128):
+    def batches(epoch):
+        for start in range(0, len(views[0]), batch_size):
+            yield views[0][start:start + batch_size], views[1][start:start + batch_size]
+    return batches
+
+
+def test_aggregation_favours_the_expert_matching_the_test_prior():
+    train_prior = synthetic_views(torch.ones(10) / 10)[1]
+    forward_views, _ = synthetic_views(train_prior)
+    backward_views, _ = synthetic_views(train_prior.flip(0), seed=1)
+    forward = learn_expert_weights(cached_batches(forward_views), 3, TEST_TIME_DEFAULTS).weights
+    backward = learn_expert_weights(cached_batches(backward_views), 3, TEST_TIME_DEFAULTS).weights
+    assert forward.sum().item() == pytest.approx(1.0) and backward.sum().item() == pytest.approx(1.0)
+    assert forward[0] > 0.5 > forward[2], forward
+    assert backward[2] > 0.5 > backward[0], backward
+
+
+def test_aggregation_stops_early_and_is_generic_in_the_expert_count():
+    views, train_prior = synthetic_views(torch.ones(10) / 10)
+    forward_views, _ = synthetic_views(train_prior)
+    four = [torch.cat([v, v[:, 1:2]], dim=1) for v in forward_views]  # a fourth (uniform) expert
+    result = learn_expert_weights(cached_batches(four), 4, {**TEST_TIME_DEFAULTS, "epochs": 50})
+    assert result.weights.shape == (4,)
+    assert result.epochs_run < 50 and (torch.round(result.weights, decimals=2) < 0.05).any()
+    zero_lr = learn_expert_weights(cached_batches(four), 4, {**TEST_TIME_DEFAULTS, "lr": 0.0})
+    assert zero_lr.weights.tolist() == pytest.approx([0.25] * 4) and zero_lr.epochs_run == 5
+
+
+def test_view_augmentation_is_seeded_and_keeps_uint8_batches():
+    augment = AUGMENTS.build({"type": "sade_view", "args": {"resized_crop_scale": [0.2, 1.0]}}, "augment")
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    a = augment(images, torch.Generator().manual_seed(1))
+    b = augment(images, torch.Generator().manual_seed(1))
+    c = augment(images, torch.Generator().manual_seed(2))
+    assert a.dtype == torch.uint8 and a.shape == images.shape
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    gray = AUGMENTS.build("sade_view", "augment")(images[:, :1], torch.Generator().manual_seed(3))
+    assert gray.shape == (6, 1, 16, 16)
+
+
+def test_colour_ops_against_torchvision_and_identities():
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(hsv_to_rgb(rgb_to_hsv(images)), images, atol=1e-5)
+    for shift in (0.1, -0.25):
+        expected = TF.adjust_hue(images, shift)
+        assert torch.allclose(adjust_hue(images, torch.full((4,), shift)), expected, atol=1e-4)
+    flat = torch.full((2, 3, 8, 8), 0.4)
+    assert torch.allclose(gaussian_blur(flat, torch.Generator().manual_seed(0), (0.1, 2.0), 1.0), flat, atol=1e-6)
+    noise = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    whole = random_resized_crop(noise, torch.Generator().manual_seed(0), (1.0, 1.0), (1.0, 1.0))
+    assert torch.allclose(whole, noise, atol=1e-5)  # a full-size crop maps every pixel onto itself
+    blurred = gaussian_blur(noise, torch.Generator().manual_seed(0), (1.0, 1.0), 1.0)  # sigma 1 -> 7-tap kernel
+    assert torch.allclose(blurred, TF.gaussian_blur(noise, [7, 7], [1.0, 1.0]), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:.*differs from the official release")
+def test_sade_config_trains_and_test_time_aggregation_reports_weights(fmnist_dir, tmp_path, capsys):
+    config = Path(__file__).resolve().parents[1] / "configs/fmnist_ir100/sade.json"
+    assert train_main(["-c", str(config), "--data_dir", str(fmnist_dir), "--save_dir", str(tmp_path), "--epochs", "1",
+                       "--limit_batches", "2", "--batch_size", "32", "-d", "cpu", "--quiet",
+                       "--set", "data_loader.args.imb_factor=0.1", "--set", "trainer.tensorboard=false"]) == 0
+    checkpoint = sorted(tmp_path.glob("fmnist_ir100_sade/seed*/last.pth"))[-1]
+    out = tmp_path / "results"
+    assert priors_main(["forward5", "uniform", "backward5"],
+                       ["-r", str(checkpoint), "-d", "cpu", "--test_time_aggregation", "--posthoc_bias_correction",
+                        "estimate", "--set", "evaluation.test_time.epochs=2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("expert weights") == 3 and "w2" in printed and "prior_tv" in printed
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 6 and {"w0", "w1", "w2", "prior_tv"} <= set(rows[-1])
+    for row in rows:
+        assert sum(float(row[f"w{e}"]) for e in range(3)) == pytest.approx(1.0, abs=1e-3)
+    assert not all(float(r["w0"]) == pytest.approx(1 / 3, abs=1e-4) for r in rows)  # the weights were learned

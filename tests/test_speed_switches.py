@@ -1,0 +1,66 @@
+"""Every speed switch against the plain path on one training step from identical weights and data.
+
+channels_last, batched experts and torch.compile must give the same loss and gradients. The comparison runs in
+float64: in float32 a tiny ReLU network's gradients differ by up to ~1e-2 between ANY two kernel orders (a few
+activations near zero flip), which would hide real layout/grouping bugs behind a loose tolerance. bf16 autocast is
+compared in float32 and only approximately (it is off by default for that reason).
+"""
+import pytest
+import torch
+
+from conftest import tiny_config
+from trainer.trainer import Trainer
+from utils.config import resolve_config
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official release")
+
+
+def one_step(cifar10_dir, tmp_path, dtype=torch.float64, **overrides):
+    """Loss and parameter gradients of the first training step of the tiny config (same seed -> same init/data)."""
+    config = resolve_config(tiny_config(cifar10_dir, tmp_path, epochs=1, **overrides))
+    trainer = Trainer(config, torch.device("cpu"), None, None, limit_batches=1, quiet=True)
+    trainer.model.to(dtype)
+    trainer.criterion.to(dtype)
+    loader = trainer.data.train_loader
+    float_batches = loader.batches
+    loader.batches = lambda epoch, start=0: ((x.to(dtype), y) for x, y in float_batches(epoch, start))
+    losses = []
+    original_step = trainer.optimizer.step
+
+    def capture(*args, **kwargs):  # grab gradients right before the update
+        losses.append({n: p.grad.detach().float().clone() for n, p in trainer.model.named_parameters()})
+        return original_step(*args, **kwargs)
+
+    trainer.optimizer.step = capture
+    metrics = trainer.train_epoch(1)
+    return metrics["loss"], losses[0]
+
+
+@pytest.fixture(scope="module")
+def plain(cifar10_dir, tmp_path_factory):
+    return one_step(cifar10_dir, tmp_path_factory.mktemp("p"), **{"trainer.channels_last": False})
+
+
+@pytest.mark.parametrize("overrides", [
+    {"trainer.channels_last": True},
+    {"arch.args.batched_experts": True},
+    {"arch.args.batched_experts": True, "trainer.channels_last": True},
+    # aot_eager traces with dynamo + AOTAutograd like inductor but skips code generation (seconds, not minutes)
+    {"trainer.compile": "aot_eager"},
+], ids=["channels_last", "batched_experts", "batched+channels_last", "compile"])
+def test_switch_matches_plain_step(cifar10_dir, tmp_path, plain, overrides):
+    loss, grads = one_step(cifar10_dir, tmp_path, **{"trainer.channels_last": False, **overrides})
+    plain_loss, plain_grads = plain
+    assert loss == pytest.approx(plain_loss, rel=1e-10)
+    assert grads.keys() == plain_grads.keys()
+    for name in grads:
+        assert torch.allclose(grads[name], plain_grads[name], atol=1e-10, rtol=1e-8), name
+
+
+def test_bf16_autocast_is_close_to_fp32(cifar10_dir, tmp_path):
+    plain_loss, plain_grads = one_step(cifar10_dir, tmp_path, torch.float32, **{"trainer.channels_last": False})
+    loss, grads = one_step(cifar10_dir, tmp_path, torch.float32, **{"trainer.channels_last": False, "trainer.amp": "bf16"})
+    assert loss == pytest.approx(plain_loss, rel=3e-2)
+    flat = torch.cat([g.flatten() for g in grads.values()])
+    ref = torch.cat([g.flatten() for g in plain_grads.values()])
+    assert torch.nn.functional.cosine_similarity(flat, ref, dim=0) > 0.98

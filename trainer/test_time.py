@@ -1,0 +1,115 @@
+"""SADE's test-time self-supervised aggregation (METHODS.md §6), for any number of experts E.
+
+On the unlabeled images of one test set, learn expert weights w = softmax(a) (a in R^E, initialised to 1/E, i.e.
+the plain average) that maximise the cosine similarity between the aggregated predictions of two augmented views.
+The network stays in eval mode and runs under no_grad: only ``a`` is optimised (SGD, up to ``epochs`` passes,
+stopping early once a weight rounded to 2 decimals falls below ``stop_below``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data_loader.augment import AUGMENTS, normalize
+from data_loader.datasets import ImageTensorDataset
+from trainer.evaluator import autocast_context, ensemble_logits
+from utils.registry import ConfigError
+from utils.seed import torch_generator
+
+# Defaults = SADE's CIFAR test-time config; override with evaluation.test_time.<key> (e.g. --set on test_all_*.py).
+TEST_TIME_DEFAULTS: dict[str, Any] = {
+    "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True, "epochs": 5, "batch_size": 128,
+    "stop_below": 0.05, "augment": {"type": "sade_view", "args": {}},
+}
+STREAM_ORDER, STREAM_VIEW1, STREAM_VIEW2 = 21, 22, 23  # random-stream tags (shuffling and the two views)
+
+ViewBatches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+@dataclass
+class AggregationResult:
+    """Learned expert weights, the number of epochs run and the mean objective of each epoch."""
+
+    weights: torch.Tensor
+    epochs_run: int
+    losses: list[float] = field(default_factory=list)
+
+
+def aggregation_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """evaluation.test_time merged over the defaults; unknown keys are errors."""
+    given = dict(config.get("evaluation", {}).get("test_time") or {})
+    unknown = sorted(set(given) - set(TEST_TIME_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) evaluation.test_time.{', evaluation.test_time.'.join(unknown)}. "
+                          f"Valid keys: {', '.join(TEST_TIME_DEFAULTS)}")
+    return {**TEST_TIME_DEFAULTS, **given}
+
+
+def stability_loss(view1: torch.Tensor, view2: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """-mean_i cos(p(v1_i), p(v2_i)) with p = softmax of the aggregated logits (cosine eps 1e-6)."""
+    p1 = F.softmax(ensemble_logits(view1, weights), dim=1)
+    p2 = F.softmax(ensemble_logits(view2, weights), dim=1)
+    return -F.cosine_similarity(p1, p2, dim=1, eps=1e-6).mean()
+
+
+def learn_expert_weights(view_batches: ViewBatches, num_experts: int, settings: dict[str, Any]) -> AggregationResult:
+    """Optimise a in R^E by SGD on the stability loss over ``view_batches(epoch)``; returns w = softmax(a)."""
+    logits_a = torch.full((num_experts,), 1.0 / num_experts, requires_grad=True)
+    optimizer = torch.optim.SGD([logits_a], lr=settings["lr"], momentum=settings["momentum"],
+                                weight_decay=settings["weight_decay"], nesterov=settings["nesterov"] and settings["momentum"] > 0)
+    losses: list[float] = []
+    epochs_run = 0
+    for epoch in range(int(settings["epochs"])):
+        total, count = 0.0, 0
+        for view1, view2 in view_batches(epoch):
+            weights = F.softmax(logits_a, dim=0)
+            loss = stability_loss(view1.float().cpu(), view2.float().cpu(), weights)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, count = total + float(loss.detach()) * view1.shape[0], count + view1.shape[0]
+        epochs_run = epoch + 1
+        losses.append(total / max(count, 1))
+        rounded = torch.round(F.softmax(logits_a.detach(), dim=0), decimals=2)
+        if bool((rounded < settings["stop_below"]).any()):
+            break
+    return AggregationResult(F.softmax(logits_a.detach(), dim=0), epochs_run, losses)
+
+
+def model_view_batches(model: nn.Module, dataset: ImageTensorDataset, idx: torch.Tensor, settings: dict[str, Any],
+                       seed: int, amp: str = "off", channels_last: bool = False) -> ViewBatches:
+    """Per epoch: shuffled batches of the images ``idx``, two augmented views each -> per-expert logits (no_grad)."""
+    augment = AUGMENTS.build(settings["augment"], "evaluation.test_time.augment")
+    if augment is None:
+        raise ConfigError("evaluation.test_time.augment must be a real augmentation (e.g. 'sade_view'), not 'none'")
+    if not isinstance(dataset, ImageTensorDataset):
+        raise ConfigError(f"test-time aggregation needs an in-memory data set (CIFAR / Fashion-MNIST type); "
+                          f"{dataset.name} is read from image files, which it does not support yet")
+    images = dataset.images
+    device = images.device
+    batch_size = int(settings["batch_size"])
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = idx[torch.randperm(len(idx), generator=torch_generator("cpu", seed, epoch, STREAM_ORDER))]
+        model.eval()
+        for step, start in enumerate(range(0, len(order), batch_size)):
+            batch = images[order[start:start + batch_size].to(device)]
+            views = [augment(batch, torch_generator(device, seed, epoch, step, tag)) for tag in (STREAM_VIEW1, STREAM_VIEW2)]
+            x = normalize(torch.cat(views), dataset.mean, dataset.std, channels_last)
+            with torch.no_grad(), autocast_context(device, amp):
+                logits = model(x)["logits"].float()
+            yield logits[:len(batch)], logits[len(batch):]
+
+    return batches
+
+
+def learn_weights_on_images(model: nn.Module, dataset: ImageTensorDataset, idx: torch.Tensor, config: dict[str, Any]) -> AggregationResult:
+    """Learn aggregation weights on the test images ``idx`` of ``dataset`` with the settings of ``config``."""
+    settings = aggregation_settings(config)
+    batches = model_view_batches(model, dataset, idx, settings, int(config.get("seed", 1)),
+                                 config["trainer"].get("amp", "off"), config["trainer"].get("channels_last", False))
+    return learn_expert_weights(batches, int(getattr(model, "num_experts", 1)), settings)
