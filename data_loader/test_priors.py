@@ -7,6 +7,7 @@ reproduced image by image, so use them when you have them).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -66,7 +67,7 @@ def make_test_priors_main(argv: Sequence[str] | None = None) -> int:
         written = make_test_priors(test_list, Path(args.train_list), Path(args.out_dir or test_list.parent), prefix,
                                    priors, args.seed, args.num_classes)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     for path in written:
         print(f"wrote {path} ({sum(1 for _ in path.open())} images)")

@@ -188,7 +188,7 @@ def load_torchvision_resnet(path: str, model: nn.Module) -> dict[str, Any]:
     Keys that the file lacks are simply not returned (``init_from`` reports them); the classifier ``fc.*`` is
     never used (heads stay freshly initialised). Shapes must match one expert's, else the error names the key.
     """
-    source = load_weights_file(path)
+    source = load_weights_file(path, "pretrained weights (init_from.checkpoint; see data_txt/README.md)")
     own = model.state_dict()
     weights: dict[str, Any] = {}
     for key, target in own.items():
