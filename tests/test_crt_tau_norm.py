@@ -103,3 +103,17 @@ def test_tau_norm_rejects_cosine_heads(crt_runs, tmp_path, capsys):
     path = save_checkpoint({"model": model.state_dict(), "config": config, "cls_num_list": [1] * 10}, tmp_path / "cos.pth")
     assert tau_norm_main(["-r", str(path), "--tau", "0.7"]) == 2
     assert "cosine" in capsys.readouterr().err
+
+
+def test_resuming_a_second_stage_does_not_need_the_first_stage_file(crt_runs, tmp_path):
+    """Resume restores the run's own weights: the (moved) stage-1 file is not read again, freezing still applies."""
+    stage1, crt = crt_runs
+    state = load_checkpoint(crt)
+    state["config"]["init_from"]["checkpoint"] = str(tmp_path / "moved-away.pth")
+    state["epoch"], state["step"] = 0, 1  # as if interrupted after the first batch
+    interrupted = save_checkpoint(state, tmp_path / "run" / "last.pth")
+    (tmp_path / "run" / "config.json").write_text(json.dumps(state["config"]))
+    assert train_main(["-r", str(interrupted), "-d", "cpu", "--quiet"]) == 0
+    resumed = load_checkpoint(interrupted)["model"]
+    for key in (k for k in resumed if not k.startswith("head.")):
+        assert torch.equal(resumed[key], state["model"][key]), key

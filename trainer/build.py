@@ -115,17 +115,30 @@ def framework_weights(path: str, model: nn.Module) -> dict[str, Any]:
 INIT_FROM_KEYS = {"checkpoint": str, "exclude": list, "freeze": list, "strict": bool, "format": str}
 
 
-def init_from_checkpoint(model: nn.Module, spec: dict[str, Any]) -> list[str]:
+def init_from_checkpoint(model: nn.Module, spec: dict[str, Any], load: bool = True) -> list[str]:
     """Load weights of an earlier stage (minus ``exclude`` prefixes) and freeze ``freeze`` prefixes.
 
     Used by two-stage methods (cRT, RIDE's router, Class-Balanced Experts): ``{"checkpoint": path, "exclude":
     ["head."], "freeze": ["trunk.", "branch."]}``. ``format`` (default ``framework``) names how the file maps onto
-    the model, e.g. ``torchvision_resnet`` for an ImageNet-pretrained torchvision ResNet (Places-LT). Returns the
-    names of the frozen parameters.
+    the model, e.g. ``torchvision_resnet`` for an ImageNet-pretrained torchvision ResNet (Places-LT). With
+    ``load=False`` (resuming: the weights come from the run's own checkpoint) only the freezing is applied, so the
+    earlier stage's file need not exist any more. Returns the names of the frozen parameters.
     """
     unknown = set(spec) - set(INIT_FROM_KEYS)
     if unknown or "checkpoint" not in spec:
         raise ConfigError(f"init_from needs 'checkpoint' and accepts {', '.join(INIT_FROM_KEYS)}; got {sorted(spec)}")
+    if load:
+        load_initial_weights(model, spec)
+    frozen = []
+    for name, param in model.named_parameters():
+        if name.startswith(tuple(spec.get("freeze", []))):
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def load_initial_weights(model: nn.Module, spec: dict[str, Any]) -> None:
+    """Copy the ``init_from`` checkpoint's weights (minus ``exclude`` prefixes) into ``model``."""
     exclude = tuple(spec.get("exclude", []))
     reader = WEIGHT_FORMATS.get(spec.get("format", "framework"), where="init_from.format")
     weights = {k: v for k, v in reader(spec["checkpoint"], model).items() if not k.startswith(exclude)}
@@ -138,12 +151,6 @@ def init_from_checkpoint(model: nn.Module, spec: dict[str, Any]) -> list[str]:
     missing = [k for k in missing if not k.startswith(exclude)]
     if spec.get("strict", False) and (missing or unexpected):
         raise ConfigError(f"init_from.checkpoint {spec['checkpoint']}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    frozen = []
-    for name, param in model.named_parameters():
-        if name.startswith(tuple(spec.get("freeze", []))):
-            param.requires_grad_(False)
-            frozen.append(name)
-    return frozen
 
 
 def frozen_batchnorm_to_eval(model: nn.Module) -> None:

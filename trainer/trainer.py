@@ -90,7 +90,8 @@ class Trainer:
         self.masks = masks_for(self.cls_num_list, config["evaluation"])
         ts = self.data.train_set
         self.model = build_model(config, ts.num_classes, ts.image_shape[0], self.cls_num_list).to(device)
-        self.frozen = init_from_checkpoint(self.model, config["init_from"]) if "init_from" in config else []
+        self.frozen = (init_from_checkpoint(self.model, config["init_from"], load=resume_state is None)
+                       if "init_from" in config else [])
         if self.cfg_trainer["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.cfg_trainer["sync_batchnorm"] and self.dist.is_distributed:
