@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
-from data_loader.datasets import DataNotFoundError, synthetic_dataset
+from data_loader.datasets import DataNotFoundError, dataset_info, synthetic_dataset
 from data_loader.factory import DataBundle, build_augment, build_data, loader_kind, split_loader_args
 from data_loader.loader import BatchLoader
 from trainer.build import resolve_device
@@ -19,7 +19,12 @@ from trainer.trainer import Trainer
 from utils.config import load_json, resolve_config
 
 
-SYNTHETIC_MAX_IMAGES = 4096  # keeps ImageNet-sized profiles (224 px) within a few GB
+SYNTHETIC_MAX_BYTES = 2**31  # synthetic images kept in memory (caps ImageNet-sized profiles, not CIFAR/FMNIST)
+
+
+def synthetic_limit(image_shape: tuple[int, ...]) -> int:
+    """How many synthetic uint8 images of ``image_shape`` fit in SYNTHETIC_MAX_BYTES."""
+    return max(1, SYNTHETIC_MAX_BYTES // max(1, int(torch.tensor(image_shape).prod())))
 
 
 def synthetic_bundle(config: dict[str, Any], device: torch.device) -> DataBundle:
@@ -30,9 +35,10 @@ def synthetic_bundle(config: dict[str, Any], device: torch.device) -> DataBundle
     """
     name = config["data_loader"]["type"]
     dataset_args, loader_args = split_loader_args(config["data_loader"])
+    limit = synthetic_limit(dataset_info(name, dataset_args)["image_shape"])
     train = synthetic_dataset(name, "train", dataset_args.get("imb_factor", 0.01), args=dataset_args,
-                              max_images=SYNTHETIC_MAX_IMAGES).to(device)
-    test = synthetic_dataset(name, "test", seed=1, args=dataset_args, max_images=SYNTHETIC_MAX_IMAGES).to(device)
+                              max_images=limit).to(device)
+    test = synthetic_dataset(name, "test", seed=1, args=dataset_args, max_images=limit).to(device)
     channels_last = config["trainer"]["channels_last"]
     kind = loader_kind(name, dataset_args)
     augment = build_augment(kind, loader_args, train.image_shape[-1]) if kind == train.loader_kind else None
@@ -72,7 +78,16 @@ def run_benchmark(config: dict[str, Any], device: torch.device, steps: int, warm
     collect_logits(trainer.model, subset, trainer.amp)
     eval_rate = n_eval / (time.perf_counter() - start)
     return {"train_images_per_s": train["images_per_s"], "eval_images_per_s": eval_rate,
-            "train_epoch_s_estimate": len(data.train_set) / train["images_per_s"], "peak_memory_mib": peak_memory_mb(device)}
+            "train_epoch_s_estimate": epoch_images(config, data) / train["images_per_s"],
+            "peak_memory_mib": peak_memory_mb(device)}
+
+
+def epoch_images(config: dict[str, Any], data: DataBundle) -> int:
+    """Training images per epoch of the configured data set (the full LT profile, also when synthetic data was capped)."""
+    if not data.train_set.name.endswith("/synthetic"):
+        return len(data.train_set)
+    dataset_args, _ = split_loader_args(config["data_loader"])
+    return int(sum(dataset_info(config["data_loader"]["type"], dataset_args)["cls_num_list"]))
 
 
 def benchmark_main(argv: Sequence[str] | None = None) -> int:
