@@ -17,6 +17,7 @@ from trainer.cli import apply_overrides
 from trainer.evaluator import collect_logits
 from trainer.trainer import Trainer
 from utils.config import load_json, resolve_config
+from utils.registry import ConfigError
 
 
 SYNTHETIC_MAX_BYTES = 2**31  # synthetic images kept in memory (caps ImageNet-sized profiles, not CIFAR/FMNIST)
@@ -104,9 +105,13 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = resolve_config(apply_overrides(load_json(args.config), argparse.Namespace(set=args.set)))
-    device = resolve_device(args.device)
-    result = run_benchmark(config, device, args.steps, args.warmup, args.eval_batches, args.synthetic)
+    try:
+        config = resolve_config(apply_overrides(load_json(args.config), argparse.Namespace(set=args.set)))
+        device = resolve_device(args.device)
+        result = run_benchmark(config, device, args.steps, args.warmup, args.eval_batches, args.synthetic)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     speed = {k: config["trainer"][k] for k in ("channels_last", "amp", "compile")}
     speed["batched_experts"] = config["arch"].get("args", {}).get("batched_experts", False)
     print(f"config: {args.config}  device: {device}  threads: {torch.get_num_threads()}  batch: "

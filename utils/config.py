@@ -57,7 +57,7 @@ def parse_cli_value(text: str) -> Any:
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    if lowered in ("null", "none"):
+    if lowered == "null":  # "none" stays a string: it is a registered name (e.g. augment none)
         return None
     try:
         return json.loads(text)
