@@ -152,11 +152,12 @@ def auto_augment(images: torch.Tensor, gen: torch.Generator, fill: Sequence[floa
     """AutoAugment with one sub-policy per image; images sharing (op, magnitude, sign) are transformed together."""
     b, c, h, w = images.shape
     device = images.device
-    choice = torch.randint(0, len(policy), (b,), generator=gen, device=device)
-    fire = torch.rand(b, 2, generator=gen, device=device)
-    sign = torch.where(torch.rand(b, 2, generator=gen, device=device) < 0.5, -1.0, 1.0)
+    # the grouping happens on the host: draw the per-image choices with a CPU generator derived from ``gen``
+    host = torch.Generator().manual_seed(gen.initial_seed())
+    choice_l = torch.randint(0, len(policy), (b,), generator=host).tolist()
+    fire_l = torch.rand(b, 2, generator=host).tolist()
+    sign_l = torch.where(torch.rand(b, 2, generator=host) < 0.5, -1.0, 1.0).tolist()
     fill = list(fill)[:c] if len(fill) >= c else [fill[0]] * c
-    choice_l, fire_l, sign_l = choice.tolist(), fire.tolist(), sign.tolist()  # one host sync per batch
     out = images.clone()
     for slot in range(2):
         groups: dict[tuple[str, float], list[int]] = {}
@@ -168,8 +169,15 @@ def auto_augment(images: torch.Tensor, gen: torch.Generator, fill: Sequence[floa
             if op in _SIGNED_OPS:
                 magnitude *= sign_l[i][slot]
             groups.setdefault((op, magnitude), []).append(i)
+        if not groups:
+            continue
+        # one host-to-device copy per slot (pinned, non-blocking on GPUs); each group is a slice of it
+        flat = torch.tensor([i for members in groups.values() for i in members])
+        flat = flat.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else flat.to(device)
+        start = 0
         for (op, magnitude), members in groups.items():
-            idx = torch.tensor(members, device=device)
+            idx = flat[start:start + len(members)]
+            start += len(members)
             out[idx] = apply_op(out[idx], op, magnitude, fill)
     return out
 

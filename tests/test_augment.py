@@ -52,7 +52,7 @@ def test_grouped_autoaugment_equals_per_image_application():
     gen_seed = 11
     out = auto_augment(images, torch.Generator().manual_seed(gen_seed))
     # replay the same draws and apply each image's two ops one image at a time
-    gen = torch.Generator().manual_seed(gen_seed)
+    gen = torch.Generator().manual_seed(gen_seed)  # auto_augment draws on a CPU generator with gen's seed
     choice = torch.randint(0, len(CIFAR10_POLICY), (48,), generator=gen)
     fire = torch.rand(48, 2, generator=gen)
     sign = torch.where(torch.rand(48, 2, generator=gen) < 0.5, -1.0, 1.0)
