@@ -99,11 +99,11 @@ class BatchLoader:
 
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (normalised float images, targets) of ``epoch`` from batch ``start_step`` on."""
-        order = self.epoch_order(epoch)
         device = self.device
+        order = self.epoch_order(epoch).to(device)  # one copy per epoch; batches are device slices of it
         rank_key = (self.rank,) if self.world_size > 1 else ()  # ranks must not share crop/flip draws
         for step in range(start_step, len(self)):
-            idx = order[step * self.batch_size:(step + 1) * self.batch_size].to(device, non_blocking=True)
+            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
             images, targets = self.dataset.images[idx], self.dataset.targets[idx]
             if self.augment is not None:
                 images = self.augment(images, torch_generator(device, self.seed, epoch, step, STREAM_AUGMENT, *rank_key))
