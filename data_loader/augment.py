@@ -5,6 +5,7 @@ Every random draw comes from the ``torch.Generator`` passed in, so a batch's aug
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -222,11 +223,19 @@ def autoaugment_cifar(padding: int = 4, flip: bool = True, cutout: int = 0) -> B
     return BatchAugment(padding=padding, flip=flip, autoaugment=True, cutout=cutout)
 
 
+@functools.lru_cache(maxsize=32)
+def _normalization_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean*255 and 1/(std*255) on ``device``, built once (no host-to-device copy per batch)."""
+    c = len(mean)
+    mean_t = torch.tensor([m * 255.0 for m in mean], device=device).view(1, c, 1, 1)
+    inv_std = torch.tensor([1.0 / (s * 255.0) for s in std], device=device).view(1, c, 1, 1)
+    return mean_t, inv_std
+
+
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], channels_last: bool = False) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float32 normalised with per-channel mean/std given on the [0, 1] scale."""
-    c = images.shape[1]
-    mean_t = torch.tensor([m * 255.0 for m in mean], device=images.device).view(1, c, 1, 1)
-    inv_std = torch.tensor([1.0 / (s * 255.0) for s in std], device=images.device).view(1, c, 1, 1)
+    mean_t, inv_std = _normalization_constants(tuple(mean), tuple(std), images.device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     out = images.to(dtype=torch.float32, memory_format=memory_format)
     return out.sub_(mean_t).mul_(inv_std)
