@@ -109,9 +109,3 @@ def shifted_subset_indices(test_targets: Sequence[int] | np.ndarray, train_count
         raise ValueError(f"test prior {prior!r} needs every class in the test list; classes {missing} have no test image")
     wanted = shifted_class_counts(prior, n_test, train_counts)
     return np.sort(select_per_class(targets, wanted, seed))
-
-
-def prior_from_counts(counts: Sequence[int]) -> np.ndarray:
-    """Normalised class prior q_c = m_c / sum_j m_j."""
-    counts = np.asarray(counts, dtype=np.float64)
-    return counts / counts.sum()

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from data_loader.profiles import (CIFAR_TEST_PRIORS, lt_class_counts, parse_test_prior, prior_from_counts,
+from data_loader.profiles import (CIFAR_TEST_PRIORS, lt_class_counts, parse_test_prior,
                                   select_per_class, shifted_prior_counts)
 from utils.metrics import shot_masks
 
@@ -74,7 +74,3 @@ def test_select_per_class_matches_reference_global_rng_procedure():
     np.random.set_state(state)
     assert chosen.tolist() == expected
     assert np.bincount(targets[chosen], minlength=5).tolist() == counts
-
-
-def test_prior_from_counts_normalises():
-    assert prior_from_counts([3, 1]).tolist() == [0.75, 0.25]
