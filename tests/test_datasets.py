@@ -1,6 +1,4 @@
 """Data sets read from files in the official formats: LT subsets, checksums, missing data, test priors."""
-import gzip
-import pickle
 import warnings
 
 import numpy as np

@@ -1,7 +1,6 @@
 """End to end on tiny data in the real formats: train -> checkpoints -> test / test_all -> tables; exact resume."""
 import csv
 import json
-import warnings
 
 import pytest
 import torch
@@ -11,7 +10,6 @@ from trainer.cli import train_main
 from trainer.evaluate import priors_main, uniform_main
 from trainer.optim import warmup_step_factor
 from utils.checkpoint import load_checkpoint
-from utils.config import resolve_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official release")
 

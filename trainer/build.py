@@ -9,8 +9,7 @@ import torch
 import torch.nn as nn
 
 import data_loader  # noqa: F401  (registers data sets, samplers, augmentations)
-import model  # noqa: F401  (registers architectures and losses)
-from model.registry import LOSSES, MODELS, WEIGHT_FORMATS
+from model.registry import LOSSES, MODELS, WEIGHT_FORMATS  # importing the package registers every entry
 from model.router import attach_router
 from trainer.combiner import COMBINERS, Combiner
 from trainer.optim import OPTIMIZERS, SCHEDULERS
