@@ -19,7 +19,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from data_loader.augment import normalize
 from data_loader.image_lists import ImageListDataset
 from data_loader.image_transforms import IMAGE_AUGMENTS, ImageTransform, eval_transform
-from data_loader.loader import LOADERS, STREAM_AUGMENT, BatchLoader
+from data_loader.loader import LOADERS, STREAM_AUGMENT, STREAM_VIEW1, STREAM_VIEW2, BatchLoader
 from utils.seed import derive_seed
 
 SampleKey = tuple[int, int, int]  # (index in the data set, epoch, position in the global epoch order)
@@ -41,6 +41,20 @@ class SampleReader(Dataset):
             torch.manual_seed(derive_seed(self.seed, epoch, position, STREAM_AUGMENT))
             image = self.transform(image)
         return pil_to_tensor(image), int(self.dataset.targets[index])
+
+
+class TwoViewReader(SampleReader):
+    """Worker side of SADE's test-time views: decode one image once, return two independently augmented copies."""
+
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        index, epoch, position = key
+        image = self.dataset.load_image(index)
+        views = []
+        for tag in (STREAM_VIEW1, STREAM_VIEW2):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(self.seed, epoch, position, tag))
+                views.append(pil_to_tensor(self.transform(image)))
+        return views[0], views[1]
 
 
 class EpochBatchSampler(Sampler):
@@ -108,6 +122,19 @@ class ImageListLoader(BatchLoader):
                 worker_init_fn=seed_worker if workers > 0 else None,
                 generator=torch.Generator().manual_seed(self.seed))
         return self._torch_loader
+
+    def view_pairs(self, idx: torch.Tensor, augment: ImageTransform, epoch: int, batch_size: int
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled batches of the images ``idx``, as two independently augmented, normalised views (SADE test time)."""
+        order = self.view_order(idx, epoch).tolist()
+        keys = [[(i, epoch, start + j) for j, i in enumerate(order[start:start + batch_size])]
+                for start in range(0, len(order), batch_size)]
+        workers = self.num_workers
+        loader = DataLoader(TwoViewReader(self.dataset, augment, self.seed), batch_sampler=keys, num_workers=workers,
+                            pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker if workers > 0 else None)
+        for view1, view2 in loader:
+            yield tuple(normalize(v.to(self.device, non_blocking=True), self.dataset.mean, self.dataset.std,  # type: ignore[misc]
+                                  self.channels_last) for v in (view1, view2))
 
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (normalised float images, targets) of ``epoch`` from batch ``start_step`` on."""

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import torch
 import torchvision.transforms as T
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from utils.registry import Registry
 
@@ -131,3 +131,31 @@ def randaugment_recipe(size: int = 224, scale: Sequence[float] = (0.08, 1.0), co
     """Long-training ("PaCo") recipe: crop + flip + colour jitter (always) + RandAugment rand-n2-m10-mstd0.5."""
     steps = _crop_flip_jitter(size, scale, True, color_jitter)
     return T.Compose(steps + [RandAugment(num_ops, magnitude, magnitude_std, prob, fill)])
+
+
+class RandomGaussianBlur:
+    """PIL Gaussian blur with radius ~ U(sigma) (SADE's test-time views)."""
+
+    def __init__(self, sigma: Sequence[float] = (0.1, 2.0)) -> None:
+        self.sigma = tuple(sigma)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        radius = self.sigma[0] + float(torch.rand(())) * (self.sigma[1] - self.sigma[0])
+        return image.filter(ImageFilter.GaussianBlur(radius=radius))
+
+    def __repr__(self) -> str:
+        return f"RandomGaussianBlur(sigma={self.sigma})"
+
+
+@IMAGE_AUGMENTS.register("sade_view")
+def sade_image_view(size: int = 224, scale: Sequence[float] = (0.2, 1.0), jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1),
+                    jitter_p: float = 0.8, grayscale_p: float = 0.2, blur_p: float = 0.5,
+                    blur_sigma: Sequence[float] = (0.1, 2.0), flip: bool = True) -> ImageTransform:
+    """SADE's test-time view of an image file: resized crop -> jitter -> grayscale -> blur -> flip (ImageNet-LT /
+    Places defaults; iNaturalist uses scale [0.08, 1])."""
+    steps: list[ImageTransform] = [
+        T.RandomResizedCrop(size, scale=tuple(scale)), T.RandomApply([T.ColorJitter(*jitter)], p=jitter_p),
+        T.RandomGrayscale(grayscale_p), T.RandomApply([RandomGaussianBlur(blur_sigma)], p=blur_p)]
+    if flip:
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose(steps)

@@ -16,6 +16,7 @@ LOADERS = Registry("loader")  # keyed by a data set's ``loader_kind``: how batch
 
 # Purpose tags keep the random streams of different consumers independent.
 STREAM_ORDER, STREAM_AUGMENT = 1, 2
+STREAM_VIEW_ORDER, STREAM_VIEW1, STREAM_VIEW2 = 21, 22, 23  # SADE test-time views: shuffling and the two views
 
 
 @SAMPLERS.register("random")
@@ -111,3 +112,17 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches(self.epoch)
+
+    def view_order(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        """The images ``idx`` in the seeded shuffled order of test-time epoch ``epoch``."""
+        return idx[torch.randperm(len(idx), generator=torch_generator("cpu", self.seed, epoch, STREAM_VIEW_ORDER))]
+
+    def view_pairs(self, idx: torch.Tensor, augment: BatchAugment, epoch: int, batch_size: int
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled batches of the images ``idx``, as two independently augmented, normalised views (SADE test time)."""
+        device = self.device
+        order = self.view_order(idx, epoch)
+        for step, start in enumerate(range(0, len(order), batch_size)):
+            batch = self.dataset.images[order[start:start + batch_size].to(device)]
+            views = [augment(batch, torch_generator(device, self.seed, epoch, step, tag)) for tag in (STREAM_VIEW1, STREAM_VIEW2)]
+            yield tuple(normalize(v, self.dataset.mean, self.dataset.std, self.channels_last) for v in views)  # type: ignore[misc]

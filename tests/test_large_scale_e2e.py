@@ -3,6 +3,7 @@ import csv
 import runpy
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from conftest import ROOT, image_list_config, train_with_interrupt, write_config
 from data_loader.profiles import IMAGENET_TEST_PRIORS
 from data_loader.test_priors import make_test_priors_main
 from trainer.cli import train_main
-from trainer.evaluate import priors_main, uniform_main
+from trainer.evaluate import TestData as EvalData, prepare, priors_main, uniform_main
+from trainer.test_time import aggregation_settings, model_view_batches
 from utils.checkpoint import load_checkpoint
 
 
@@ -124,3 +126,23 @@ def test_dry_run_and_missing_data_messages(imagenet_lt_dir, tmp_path, capsys):
     assert "train images: 36" in capsys.readouterr().out
     assert train_main(["-c", str(config), "--dry_run", "-d", "cpu", "--data_dir", str(tmp_path / "none")]) == 2
     assert "image not found" in capsys.readouterr().err
+
+
+def test_test_time_aggregation_on_image_files(imagenet_runs, tmp_path, capsys):
+    ckpt = last_checkpoints(imagenet_runs / "saved", "tiny_imagenet_lt")[0]
+    assert priors_main(["forward5", "uniform"], ["-r", ckpt, "-d", "cpu", "--test_time_aggregation", "--out", str(tmp_path),
+                                                 "--set", "evaluation.test_time.epochs=2"]) == 0
+    assert capsys.readouterr().out.count("expert weights") == 2
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["prior"] for r in rows] == ["forward5", "uniform"] and {"w0", "w1"} <= set(rows[0])
+    for row in rows:
+        assert float(row["w0"]) + float(row["w1"]) == pytest.approx(1.0, abs=1e-3)
+    # the views: every test image once per epoch, two different augmentations, seeded per (seed, epoch)
+    run, data = prepare(Path(ckpt), torch.device("cpu"), EvalData(torch.device("cpu")), [])
+    idx = torch.arange(len(data.test_set))
+    batches = model_view_batches(run.model, data.test_loader, idx, {**aggregation_settings(run.config), "batch_size": 10})
+    epoch0, again, epoch1 = (list(batches(e)) for e in (0, 0, 1))
+    assert [len(v1) for v1, _ in epoch0] == [10, 10, 4] and epoch0[0][0].shape[1:] == (2, 6)
+    assert all(not torch.equal(v1, v2) for v1, v2 in epoch0)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(epoch0, again))
+    assert not torch.equal(epoch0[0][0], epoch1[0][0])

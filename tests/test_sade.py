@@ -3,18 +3,20 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
 from data_loader.augment import AUGMENTS
+from data_loader.image_transforms import IMAGE_AUGMENTS
 from data_loader.profiles import lt_class_counts
 from data_loader.views import adjust_hue, gaussian_blur, hsv_to_rgb, random_resized_crop, rgb_to_hsv
 from model.losses_sade import inverse_prior
 from model.registry import LOSSES
 from trainer.cli import train_main
 from trainer.evaluate import priors_main
-from trainer.test_time import TEST_TIME_DEFAULTS, learn_expert_weights
+from trainer.test_time import TEST_TIME_DEFAULTS, learn_expert_weights, stability_loss
 from utils.registry import ConfigError
 
 COUNTS = [60, 30, 10]
@@ -148,3 +150,27 @@ def test_sade_config_trains_and_test_time_aggregation_reports_weights(fmnist_dir
     for row in rows:
         assert sum(float(row[f"w{e}"]) for e in range(3)) == pytest.approx(1.0, abs=1e-3)
     assert not all(float(r["w0"]) == pytest.approx(1 / 3, abs=1e-4) for r in rows)  # the weights were learned
+
+
+def test_inat_entropy_bonus_matches_hand_computation():
+    gen = torch.Generator().manual_seed(0)
+    view1, view2 = torch.randn(5, 3, 4, generator=gen), torch.randn(5, 3, 4, generator=gen)
+    weights = torch.tensor([0.5, 0.3, 0.2])
+    p1 = torch.softmax((view1 * weights[None, :, None]).sum(1), 1).double().numpy()
+    p2 = torch.softmax((view2 * weights[None, :, None]).sum(1), 1).double().numpy()
+    cos = (p1 * p2).sum(1) / (np.linalg.norm(p1, axis=1) * np.linalg.norm(p2, axis=1))
+    entropy = -(p1 * np.log(p1)).mean() - (p2 * np.log(p2)).mean()
+    assert stability_loss(view1, view2, weights).item() == pytest.approx(-cos.mean(), abs=1e-6)
+    assert stability_loss(view1, view2, weights, 0.01).item() == pytest.approx(-cos.mean() - 0.01 * entropy, abs=1e-6)
+
+
+def test_image_file_view_is_seeded_and_resized():
+    from PIL import Image
+    view = IMAGE_AUGMENTS.build("sade_view", "augment", size=12)
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (20, 30, 3), dtype=np.uint8))
+    outputs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        outputs.append(np.asarray(view(image)))
+    assert outputs[0].shape == (12, 12, 3)
+    assert np.array_equal(outputs[0], outputs[1]) and not np.array_equal(outputs[0], outputs[2])

@@ -220,7 +220,7 @@ def aggregation_weights(run: LoadedRun, data: DataBundle, subsets: dict[str, tor
     """SADE test-time aggregation: expert weights learned on each test prior's unlabeled images (printed)."""
     weights = {}
     for prior, idx in subsets.items():
-        result = learn_weights_on_images(run.model, data.test_set, idx, run.config)
+        result = learn_weights_on_images(run.model, data.test_loader, idx, run.config)
         weights[prior] = result.weights
         print(f"{run.label} {prior}: expert weights {', '.join(f'{w:.3f}' for w in result.weights.tolist())} "
               f"after {result.epochs_run} epoch(s)")

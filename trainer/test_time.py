@@ -3,7 +3,8 @@
 On the unlabeled images of one test set, learn expert weights w = softmax(a) (a in R^E, initialised to 1/E, i.e.
 the plain average) that maximise the cosine similarity between the aggregated predictions of two augmented views.
 The network stays in eval mode and runs under no_grad: only ``a`` is optimised (SGD, up to ``epochs`` passes,
-stopping early once a weight rounded to 2 decimals falls below ``stop_below``).
+stopping early once a weight rounded to 2 decimals falls below ``stop_below``). The views come from the test
+loader of the data set's kind: batch tensor ops for in-memory sets, per-image PIL transforms for image files.
 """
 from __future__ import annotations
 
@@ -14,18 +15,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data_loader.augment import AUGMENTS, normalize
-from data_loader.datasets import ImageTensorDataset
+from data_loader.loader import BatchLoader
 from trainer.evaluator import autocast_context, ensemble_logits
 from utils.registry import ConfigError
-from utils.seed import torch_generator
 
 # Defaults = SADE's CIFAR test-time config; override with evaluation.test_time.<key> (e.g. --set on test_all_*.py).
 TEST_TIME_DEFAULTS: dict[str, Any] = {
     "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True, "epochs": 5, "batch_size": 128,
-    "stop_below": 0.05, "augment": {"type": "sade_view", "args": {}},
+    "stop_below": 0.05, "entropy_weight": 0.0, "augment": {"type": "sade_view", "args": {}},
 }
-STREAM_ORDER, STREAM_VIEW1, STREAM_VIEW2 = 21, 22, 23  # random-stream tags (shuffling and the two views)
 
 ViewBatches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -49,11 +47,15 @@ def aggregation_settings(config: dict[str, Any]) -> dict[str, Any]:
     return {**TEST_TIME_DEFAULTS, **given}
 
 
-def stability_loss(view1: torch.Tensor, view2: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """-mean_i cos(p(v1_i), p(v2_i)) with p = softmax of the aggregated logits (cosine eps 1e-6)."""
+def stability_loss(view1: torch.Tensor, view2: torch.Tensor, weights: torch.Tensor, entropy_weight: float = 0.0) -> torch.Tensor:
+    """-mean_i cos(p(v1_i), p(v2_i)) with p = softmax of the aggregated logits (cosine eps 1e-6), minus
+    ``entropy_weight`` * (H1 + H2) with H = -mean_{i,c} p log p (SADE's iNaturalist bonus, 0.01 there)."""
     p1 = F.softmax(ensemble_logits(view1, weights), dim=1)
     p2 = F.softmax(ensemble_logits(view2, weights), dim=1)
-    return -F.cosine_similarity(p1, p2, dim=1, eps=1e-6).mean()
+    loss = -F.cosine_similarity(p1, p2, dim=1, eps=1e-6).mean()
+    if entropy_weight:
+        loss = loss - entropy_weight * (-(p1 * p1.log()).mean() - (p2 * p2.log()).mean())
+    return loss
 
 
 def learn_expert_weights(view_batches: ViewBatches, num_experts: int, settings: dict[str, Any]) -> AggregationResult:
@@ -67,7 +69,7 @@ def learn_expert_weights(view_batches: ViewBatches, num_experts: int, settings: 
         total, count = 0.0, 0
         for view1, view2 in view_batches(epoch):
             weights = F.softmax(logits_a, dim=0)
-            loss = stability_loss(view1.float().cpu(), view2.float().cpu(), weights)
+            loss = stability_loss(view1.float().cpu(), view2.float().cpu(), weights, float(settings["entropy_weight"]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -80,36 +82,27 @@ def learn_expert_weights(view_batches: ViewBatches, num_experts: int, settings: 
     return AggregationResult(F.softmax(logits_a.detach(), dim=0), epochs_run, losses)
 
 
-def model_view_batches(model: nn.Module, dataset: ImageTensorDataset, idx: torch.Tensor, settings: dict[str, Any],
-                       seed: int, amp: str = "off", channels_last: bool = False) -> ViewBatches:
-    """Per epoch: shuffled batches of the images ``idx``, two augmented views each -> per-expert logits (no_grad)."""
-    augment = AUGMENTS.build(settings["augment"], "evaluation.test_time.augment")
+def model_view_batches(model: nn.Module, loader: BatchLoader, idx: torch.Tensor, settings: dict[str, Any],
+                       amp: str = "off") -> ViewBatches:
+    """Per epoch: shuffled batches of the test images ``idx``, two augmented views each -> per-expert logits (no_grad)."""
+    image_size = loader.dataset.image_shape[-1]
+    augment = loader.augments.build(settings["augment"], "evaluation.test_time.augment", size=image_size)
     if augment is None:
         raise ConfigError("evaluation.test_time.augment must be a real augmentation (e.g. 'sade_view'), not 'none'")
-    if not isinstance(dataset, ImageTensorDataset):
-        raise ConfigError(f"test-time aggregation needs an in-memory data set (CIFAR / Fashion-MNIST type); "
-                          f"{dataset.name} is read from image files, which it does not support yet")
-    images = dataset.images
-    device = images.device
-    batch_size = int(settings["batch_size"])
+    device = loader.device
 
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = idx[torch.randperm(len(idx), generator=torch_generator("cpu", seed, epoch, STREAM_ORDER))]
         model.eval()
-        for step, start in enumerate(range(0, len(order), batch_size)):
-            batch = images[order[start:start + batch_size].to(device)]
-            views = [augment(batch, torch_generator(device, seed, epoch, step, tag)) for tag in (STREAM_VIEW1, STREAM_VIEW2)]
-            x = normalize(torch.cat(views), dataset.mean, dataset.std, channels_last)
+        for view1, view2 in loader.view_pairs(idx, augment, epoch, int(settings["batch_size"])):
             with torch.no_grad(), autocast_context(device, amp):
-                logits = model(x)["logits"].float()
-            yield logits[:len(batch)], logits[len(batch):]
+                logits = model(torch.cat([view1, view2]))["logits"].float()
+            yield logits[:len(view1)], logits[len(view1):]
 
     return batches
 
 
-def learn_weights_on_images(model: nn.Module, dataset: ImageTensorDataset, idx: torch.Tensor, config: dict[str, Any]) -> AggregationResult:
-    """Learn aggregation weights on the test images ``idx`` of ``dataset`` with the settings of ``config``."""
+def learn_weights_on_images(model: nn.Module, loader: BatchLoader, idx: torch.Tensor, config: dict[str, Any]) -> AggregationResult:
+    """Learn aggregation weights on the test images ``idx`` served by ``loader`` with the settings of ``config``."""
     settings = aggregation_settings(config)
-    batches = model_view_batches(model, dataset, idx, settings, int(config.get("seed", 1)),
-                                 config["trainer"].get("amp", "off"), config["trainer"].get("channels_last", False))
+    batches = model_view_batches(model, loader, idx, settings, config["trainer"].get("amp", "off"))
     return learn_expert_weights(batches, int(getattr(model, "num_experts", 1)), settings)
