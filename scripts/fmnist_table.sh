@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the README's Fashion-MNIST-LT table: 3 seeds x {BalPoE, CE, LA}, then the 11-prior evaluation.
+# Reproduce the README's Fashion-MNIST-LT table: 3 seeds x {BalPoE, CE, LA}, the 11-prior evaluation, then OUT/priors.md.
 # Usage: bash scripts/fmnist_table.sh [python] [save_dir] [out_dir]
 set -euo pipefail
 PY=${1:-.venv/bin/python}
@@ -14,3 +14,4 @@ for method in balpoe ce la; do
   "$PY" test_all_cifar.py -r "$SAVE/fmnist_ir100_$method/seed*/last.pth" --posthoc_bias_correction --out "$OUT/$method"
   "$PY" test.py -r "$SAVE/fmnist_ir100_$method/seed*/last.pth" --out "$OUT/$method/uniform"
 done
+"$PY" scripts/summarize_priors.py "$OUT" balpoe ce la
