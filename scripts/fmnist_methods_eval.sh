@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Evaluate every Fashion-MNIST-LT method run (3 seeds) for the issue-3 table, then summarise it.
-# Usage: bash scripts/fmnist_methods_eval.sh [python] [save_dir] [out_dir]
+# Usage: bash scripts/fmnist_methods_eval.sh [python] [save_dir] [out_dir] [method ...]  (default: every method)
 set -euo pipefail
 PY=${1:-.venv/bin/python}
 SAVE=${2:-saved}
@@ -17,8 +17,10 @@ declare -A CKPT=(
   [sade]="fmnist_ir100_sade/seed*/last.pth" [cbe]="fmnist_ir100_cbe_calibration/seed*/last.pth"
   [balpoe]="fmnist_ir100_balpoe/seed*/last.pth"
 )
-declare -A SOURCE=([ce]=train [focal]=train [ce_reweight]=train)
-for m in "${!CKPT[@]}"; do
+declare -A SOURCE=([ce]=train [focal]=train)  # ce_reweight: its re-weighting makes the posteriors ~balanced
+METHODS=("${@:4}")
+[ ${#METHODS[@]} -gt 0 ] || METHODS=("${!CKPT[@]}")
+for m in "${METHODS[@]}"; do
   G="$SAVE/${CKPT[$m]}"
   src=${SOURCE[$m]:-uniform}
   "$PY" test.py -r "$G" --out "$OUT/$m/uniform" > "$OUT.$m.log" 2>&1
