@@ -121,8 +121,8 @@ class BatchLoader:
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled batches of the images ``idx``, as two independently augmented, normalised views (SADE test time)."""
         device = self.device
-        order = self.view_order(idx, epoch)
+        order = self.view_order(idx, epoch).to(device)  # one copy per epoch, as in batches()
         for step, start in enumerate(range(0, len(order), batch_size)):
-            batch = self.dataset.images[order[start:start + batch_size].to(device)]
+            batch = self.dataset.images[order[start:start + batch_size]]
             views = [augment(batch, torch_generator(device, self.seed, epoch, step, tag)) for tag in (STREAM_VIEW1, STREAM_VIEW2)]
             yield tuple(normalize(v, self.dataset.mean, self.dataset.std, self.channels_last) for v in views)  # type: ignore[misc]

@@ -11,19 +11,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.metrics import mean_std  # noqa: E402
+from utils.tables import mean_std_cell as cell  # noqa: E402
 from utils.tables import read_csv  # noqa: E402
 
 ORDER = ["ce", "ce_reweight", "focal", "ldam_drw", "balanced_softmax", "crt", "tau_norm", "cbe", "ride",
          "ride_distill", "ride_router", "sade", "balpoe"]
-
-
-def cell(rows: list[dict[str, Any]], key: str, **where: Any) -> str:
-    """'mean ± std' of ``key`` over the rows matching ``where`` (empty when there are none)."""
-    values = [r[key] for r in rows if all(str(r.get(k)) == str(v) for k, v in where.items())]
-    if not values:
-        return ""
-    mean, std = mean_std(values)
-    return f"{mean:.2f} ± {std:.2f}"
 
 
 def load(folder: Path) -> list[dict[str, Any]]:

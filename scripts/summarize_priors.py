@@ -11,8 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.metrics import mean_std  # noqa: E402
-from utils.tables import read_csv  # noqa: E402
+from utils.tables import mean_std_cell, read_csv  # noqa: E402
 
 SHORT = {"forward": "f", "backward": "b", "uniform": "uni"}
 
@@ -35,16 +34,12 @@ def summarize(root: Path, methods: list[str]) -> str:
             header = ["method", "seeds", *map(short_name, priors), "ECE"]
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         uniform_csv = root / method / "uniform" / "results.csv"
-        ece = mean_std([r["ece"] for r in read_csv(uniform_csv)]) if uniform_csv.exists() else (float("nan"),) * 2
+        ece = mean_std_cell(read_csv(uniform_csv), "ece") if uniform_csv.exists() else ""
+        seeds = str(len({r["checkpoint"] for r in rows}))
         for mode in dict.fromkeys(r["posthoc"] for r in rows):
-            cells = []
-            for prior in priors:
-                mean, std = mean_std([r["all"] for r in rows if r["prior"] == prior and r["posthoc"] == mode])
-                cells.append(f"{mean:.2f} ± {std:.2f}")
-            seeds = len({r["checkpoint"] for r in rows})
+            cells = [mean_std_cell(rows, "all", prior=prior, posthoc=mode) for prior in priors]
             label = method if mode == "none" else f"{method} + {mode} prior"
-            ece_cell = f"{ece[0]:.2f} ± {ece[1]:.2f}" if mode == "none" else ""
-            lines.append("| " + " | ".join([label, str(seeds), *cells, ece_cell]) + " |")
+            lines.append("| " + " | ".join([label, seeds, *cells, ece if mode == "none" else ""]) + " |")
     return "\n".join(lines)
 
 

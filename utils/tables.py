@@ -16,6 +16,15 @@ def fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def mean_std_cell(rows: Sequence[dict[str, Any]], key: str, **where: Any) -> str:
+    """'mean ± std' of ``key`` over the rows whose fields equal ``where`` ('' when none match): summary-table cells."""
+    values = [r[key] for r in rows if all(str(r.get(k)) == str(v) for k, v in where.items())]
+    if not values:
+        return ""
+    mean, std = mean_std(values)
+    return f"{mean:.2f} ± {std:.2f}"
+
+
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Write tidy rows (one per checkpoint x condition); columns are the union of keys in first-seen order."""
     path = Path(path)
