@@ -105,6 +105,11 @@ class ExpertBatchNorm2d(nn.Module):
         return f"experts={self.num_experts}, features={self.num_features}"
 
 
+def residual_relu(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """ReLU(out + shortcut), written into ``out``: a BN output is not saved for backward, so no new activation."""
+    return F.relu_(out.add_(shortcut))
+
+
 class ExpertSequential(nn.Sequential):
     """nn.Sequential that passes the ``expert`` argument to every child."""
 

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.experts import MultiExpertModel
-from model.layers import ExpertBatchNorm2d, ExpertConv2d, ExpertHead, ExpertSequential
+from model.layers import ExpertBatchNorm2d, ExpertConv2d, ExpertHead, ExpertSequential, residual_relu
 from model.registry import MODELS
 
 
@@ -42,7 +42,7 @@ class CifarBasicBlock(nn.Module):
         out = self.bn2(self.conv2(out, expert), expert)
         groups = self.num_experts if expert is None else 1
         shortcut = option_a_shortcut(x, self.planes, groups) if self.downsample else x
-        return F.relu(out + shortcut, inplace=True)
+        return residual_relu(out, shortcut)
 
 
 class Stem(nn.Module):

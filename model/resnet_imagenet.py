@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.experts import MultiExpertModel
-from model.layers import ExpertBatchNorm2d, ExpertConv2d, ExpertSequential
+from model.layers import ExpertBatchNorm2d, ExpertConv2d, ExpertSequential, residual_relu
 from model.registry import MODELS, WEIGHT_FORMATS
 from utils.checkpoint import CheckpointError, load_weights_file
 
@@ -52,7 +52,7 @@ class BasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x, expert), expert), inplace=True)
         out = self.bn2(self.conv2(out, expert), expert)
         shortcut = x if self.downsample is None else self.downsample(x, expert)
-        return F.relu(out + shortcut, inplace=True)
+        return residual_relu(out, shortcut)
 
 
 class Bottleneck(nn.Module):
@@ -74,7 +74,7 @@ class Bottleneck(nn.Module):
         out = F.relu(self.bn2(self.conv2(out, expert), expert), inplace=True)
         out = self.bn3(self.conv3(out, expert), expert)
         shortcut = x if self.downsample is None else self.downsample(x, expert)
-        return F.relu(out + shortcut, inplace=True)
+        return residual_relu(out, shortcut)
 
 
 def make_layer(block: type[nn.Module], num_experts: int, in_planes: int, planes: int, blocks: int, stride: int,

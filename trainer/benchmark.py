@@ -13,8 +13,9 @@ from data_loader.datasets import DataNotFoundError, dataset_info, synthetic_data
 from data_loader.factory import DataBundle, build_augment, build_data, loader_kind, split_loader_args
 from data_loader.loader import BatchLoader
 from trainer.build import resolve_device
+from trainer.combiner import compute_loss
 from trainer.cli import apply_overrides
-from trainer.evaluator import collect_logits
+from trainer.evaluator import autocast_context, collect_logits
 from trainer.trainer import Trainer
 from utils.config import load_json, resolve_config
 from utils.registry import ConfigError
@@ -55,22 +56,27 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def benchmark_data(config: dict[str, Any], device: torch.device, synthetic: bool) -> DataBundle:
+    """The configured data, or random data of the same shape when asked for or when the files are missing."""
+    if not synthetic:
+        try:
+            return build_data(config, device)
+        except DataNotFoundError as exc:
+            print(f"note: {str(exc).splitlines()[0][:120]}... -> using synthetic data of the same shape", file=sys.stderr)
+    return synthetic_bundle(config, device)
+
+
 def run_benchmark(config: dict[str, Any], device: torch.device, steps: int, warmup: int, eval_batches: int,
                   synthetic: bool) -> dict[str, float]:
     """Time ``steps`` training steps after ``warmup`` steps, and ``eval_batches`` evaluation batches."""
-    data = None
-    if not synthetic:
-        try:
-            data = build_data(config, device)
-        except DataNotFoundError as exc:
-            print(f"note: {str(exc).splitlines()[0][:120]}... -> using synthetic data of the same shape", file=sys.stderr)
-    data = data or synthetic_bundle(config, device)
+    data = benchmark_data(config, device, synthetic)
     trainer = Trainer(config, device, None, None, quiet=True, data=data)
     loader = data.train_loader
     loader.limit_batches = warmup
     trainer.train_epoch(1)
     loader.limit_batches = steps
     train = trainer.train_epoch(2)
+    bare = bare_step_rate(trainer, max(4, steps // 2))
     subset = data.test_loader
     subset.limit_batches = eval_batches  # the first eval_batches batches of the test set (any loader kind)
     n_eval = min(len(data.test_set), eval_batches * subset.batch_size)
@@ -79,8 +85,35 @@ def run_benchmark(config: dict[str, Any], device: torch.device, steps: int, warm
     collect_logits(trainer.model, subset, trainer.amp)
     eval_rate = n_eval / (time.perf_counter() - start)
     return {"train_images_per_s": train["images_per_s"], "eval_images_per_s": eval_rate,
-            "train_epoch_s_estimate": epoch_images(config, data) / train["images_per_s"],
+            "train_epoch_s_estimate": epoch_images(config, data) / train["images_per_s"], "bare_images_per_s": bare,
             "peak_memory_mib": peak_memory_mb(device)}
+
+
+def bare_step_rate(trainer: Trainer, steps: int) -> float:
+    """Images/s of model forward + loss + backward alone on one fixed batch: the ceiling of a training step."""
+    images, target = next(iter(trainer.data.train_loader.batches(3)))
+    model = trainer.step_model
+
+    def step() -> None:
+        trainer.optimizer.zero_grad(set_to_none=True)
+        with autocast_context(trainer.device, trainer.amp):
+            loss = compute_loss(trainer.criterion, model(images), target).total
+        loss.backward()
+
+    step()
+    sync(trainer.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(trainer.device)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return steps * target.shape[0] / (time.perf_counter() - start)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work so wall-clock timings are complete (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def epoch_images(config: dict[str, Any], data: DataBundle) -> int:
@@ -89,6 +122,23 @@ def epoch_images(config: dict[str, Any], data: DataBundle) -> int:
         return len(data.train_set)
     dataset_args, _ = split_loader_args(config["data_loader"])
     return int(sum(dataset_info(config["data_loader"]["type"], dataset_args)["cls_num_list"]))
+
+
+def compare_original_style(config: dict[str, Any], device: torch.device, steps: int, warmup: int, synthetic: bool,
+                           rounds: int, first_rate: float) -> tuple[list[float], list[float]]:
+    """Alternate this code's and the original-style training rate ``rounds`` times (so machine drift hits both)."""
+    from trainer.original_style import original_style_rate  # torchvision/PIL only needed for the comparison
+
+    ours, original = [first_rate], []
+    for r in range(rounds):
+        if r > 0:
+            ours.append(run_benchmark(config, device, steps, warmup, 1, synthetic)["train_images_per_s"])
+        original.append(original_style_rate(config, benchmark_data(config, device, synthetic), device, steps, warmup))
+        print(f"round {r + 1}: this code {ours[r]:.1f} images/s, original style {original[r]:.1f} images/s")
+    mean_ours, mean_original = sum(ours) / len(ours), sum(original) / len(original)
+    print(f"original-style train: {mean_original:.1f} images/s over {rounds} round(s); this code {mean_ours:.1f} "
+          f"images/s -> speed-up {mean_ours / mean_original:.2f}x")
+    return ours, original
 
 
 def benchmark_main(argv: Sequence[str] | None = None) -> int:
@@ -102,6 +152,9 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--synthetic", action="store_true", help="random data of the configured shape instead of the files")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
+                   help="also time the original repos' execution pattern (PIL DataLoader workers, NCHW, looped experts, "
+                        "per-step .item()), alternating ROUNDS times with this code, and print the speed-up")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,6 +170,10 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
     print(f"config: {args.config}  device: {device}  threads: {torch.get_num_threads()}  batch: "
           f"{config['data_loader']['args'].get('batch_size')}  switches: {speed}")
     print(f"train: {result['train_images_per_s']:.1f} images/s  (epoch of the training set ~ {result['train_epoch_s_estimate']:.1f} s)")
+    print(f"bare model forward+loss+backward (no data, mixup or optimizer): {result['bare_images_per_s']:.1f} images/s")
     print(f"eval:  {result['eval_images_per_s']:.1f} images/s")
-    print(f"peak memory: {result['peak_memory_mib']:.0f} MiB")
+    print(f"peak memory: {result['peak_memory_mib']:.0f} MiB", flush=True)
+    if args.compare > 0:
+        compare_original_style(config, device, args.steps, args.warmup, args.synthetic, args.compare,
+                               result["train_images_per_s"])
     return 0

@@ -1,0 +1,92 @@
+"""The throughput benchmark and its original-style reference: same inputs, same arithmetic, consistent figures."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torchvision import transforms
+
+from conftest import ROOT
+from data_loader.augment import normalize
+from data_loader.datasets import synthetic_dataset
+from trainer.benchmark import bare_step_rate, benchmark_main, synthetic_bundle
+from trainer.original_style import PilImageDataset, original_style_config, pil_transform
+from trainer.trainer import Trainer
+from utils.config import load_json, resolve_config
+
+
+@pytest.mark.parametrize("name", ["cifar10_lt", "fmnist_lt"])
+def test_pil_pipeline_without_augmentation_equals_tensor_normalisation(name: str) -> None:
+    """The original-style PIL path feeds the model the same tensors as this code's uint8 batch path."""
+    data = synthetic_dataset(name, "test", scale=0.002)
+    config = {"data_loader": {"type": name, "args": {"augment": {"type": "none"}}}}
+    pil = PilImageDataset(data, pil_transform(config, data))
+    expected = normalize(data.images[:4], data.mean, data.std)
+    for i in range(4):
+        image, label = pil[i]
+        assert label == int(data.targets[i])
+        torch.testing.assert_close(image, expected[i], atol=1e-5, rtol=1e-5)
+
+
+def test_pil_transform_follows_the_configured_augmentation() -> None:
+    """Crop padding, flip, rotation degrees and AutoAugment come from data_loader.args.augment."""
+    data = synthetic_dataset("cifar10_lt", "test", scale=0.002)
+    standard = {"data_loader": {"type": "cifar10_lt", "args": {"augment": {
+        "type": "standard", "args": {"padding": 2, "flip": False, "rotation": 15}}}}}
+    steps = pil_transform(standard, data).transforms
+    crop = next(t for t in steps if isinstance(t, transforms.RandomCrop))
+    assert crop.padding == 2 and crop.size == (32, 32)
+    assert not any(isinstance(t, transforms.RandomHorizontalFlip) for t in steps)
+    assert next(t for t in steps if isinstance(t, transforms.RandomRotation)).degrees == [-15.0, 15.0]
+    auto = {"data_loader": {"type": "cifar10_lt", "args": {"augment": {"type": "autoaugment", "args": {}}}}}
+    assert any(isinstance(t, transforms.AutoAugment) for t in pil_transform(auto, data).transforms)
+
+
+def test_original_style_config_turns_every_speed_switch_off_without_touching_the_input() -> None:
+    """NCHW, looped experts, eager, fp32; the caller's config is left as it was."""
+    config = resolve_config(load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
+    config["arch"]["args"]["batched_experts"] = True
+    plain = original_style_config(config)
+    assert plain["trainer"]["channels_last"] is False and plain["trainer"]["compile"] is False
+    assert plain["trainer"]["amp"] == "off" and plain["arch"]["args"]["batched_experts"] is False
+    assert config["trainer"]["channels_last"] is True and config["arch"]["args"]["batched_experts"] is True
+
+
+def test_bare_step_rate_does_not_train_the_model() -> None:
+    """The forward+backward ceiling is measured without changing weights or leaving gradients behind."""
+    config = resolve_config(load_json(ROOT / "configs/fmnist_ir100/balpoe.json"))
+    config["data_loader"]["args"]["batch_size"] = 16
+    trainer = Trainer(config, torch.device("cpu"), None, None, quiet=True, data=synthetic_bundle(config, torch.device("cpu")))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items() if v.is_floating_point()}
+    assert bare_step_rate(trainer, 2) > 0
+    after = trainer.model.state_dict()
+    # BN running statistics move (training-mode forward), parameters must not
+    for name, _ in trainer.model.named_parameters():
+        torch.testing.assert_close(after[name], before[name], atol=0, rtol=0)
+    assert all(p.grad is None for p in trainer.model.parameters())
+
+
+def test_benchmark_compare_prints_a_speed_up_consistent_with_its_rounds(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--compare 1``: the printed speed-up is this code's rate over the original-style rate of the round."""
+    rc = benchmark_main(["-c", str(ROOT / "configs/fmnist_ir100/balpoe.json"), "--synthetic", "--steps", "2",
+                         "--warmup", "1", "--eval_batches", "1", "--compare", "1",
+                         "--set", "data_loader.args.batch_size=32"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    train = float(re.search(r"^train: ([\d.]+) images/s", out, re.M).group(1))
+    ours, original = map(float, re.search(r"round 1: this code ([\d.]+) images/s, original style ([\d.]+)", out).groups())
+    speed_up = float(re.search(r"speed-up ([\d.]+)x", out).group(1))
+    assert ours == train and original > 0
+    assert speed_up == pytest.approx(ours / original, abs=0.011)
+
+
+def test_benchmark_compare_rejects_image_file_training_sets() -> None:
+    """The PIL reference needs in-memory images; image-list data sets get a message pointing at --synthetic."""
+    from trainer.original_style import original_style_rate
+
+    class FileBacked:
+        train_set = object()
+
+    with pytest.raises(ValueError, match="--synthetic"):
+        original_style_rate({}, FileBacked(), torch.device("cpu"), 1, 0)  # type: ignore[arg-type]
