@@ -12,7 +12,7 @@ import torch
 from data_loader.datasets import DataNotFoundError, dataset_info, synthetic_dataset
 from data_loader.factory import DataBundle, build_augment, build_data, loader_kind, split_loader_args
 from data_loader.loader import BatchLoader
-from trainer.build import resolve_device
+from trainer.build import resolve_device, synchronize
 from trainer.combiner import compute_loss
 from trainer.cli import apply_overrides
 from trainer.evaluator import autocast_context, collect_logits
@@ -66,16 +66,22 @@ def benchmark_data(config: dict[str, Any], device: torch.device, synthetic: bool
     return synthetic_bundle(config, device)
 
 
-def run_benchmark(config: dict[str, Any], device: torch.device, steps: int, warmup: int, eval_batches: int,
-                  synthetic: bool) -> dict[str, float]:
-    """Time ``steps`` training steps after ``warmup`` steps, and ``eval_batches`` evaluation batches."""
-    data = benchmark_data(config, device, synthetic)
-    trainer = Trainer(config, device, None, None, quiet=True, data=data)
-    loader = data.train_loader
+def timed_training(config: dict[str, Any], device: torch.device, steps: int, warmup: int, synthetic: bool
+                   ) -> tuple[Trainer, dict[str, float]]:
+    """A trainer on the benchmark data and the metrics of ``steps`` training steps timed after ``warmup`` steps."""
+    trainer = Trainer(config, device, None, None, quiet=True, data=benchmark_data(config, device, synthetic))
+    loader = trainer.data.train_loader
     loader.limit_batches = warmup
     trainer.train_epoch(1)
     loader.limit_batches = steps
-    train = trainer.train_epoch(2)
+    return trainer, trainer.train_epoch(2)
+
+
+def run_benchmark(config: dict[str, Any], device: torch.device, steps: int, warmup: int, eval_batches: int,
+                  synthetic: bool) -> dict[str, float]:
+    """Time ``steps`` training steps after ``warmup`` steps, and ``eval_batches`` evaluation batches."""
+    trainer, train = timed_training(config, device, steps, warmup, synthetic)
+    data = trainer.data
     bare = bare_step_rate(trainer, max(4, steps // 2))
     subset = data.test_loader
     subset.limit_batches = eval_batches  # the first eval_batches batches of the test set (any loader kind)
@@ -101,19 +107,13 @@ def bare_step_rate(trainer: Trainer, steps: int) -> float:
         loss.backward()
 
     step()
-    sync(trainer.device)
+    synchronize(trainer.device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    sync(trainer.device)
+    synchronize(trainer.device)
     trainer.optimizer.zero_grad(set_to_none=True)
     return steps * target.shape[0] / (time.perf_counter() - start)
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work so wall-clock timings are complete (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def epoch_images(config: dict[str, Any], data: DataBundle) -> int:
@@ -125,20 +125,19 @@ def epoch_images(config: dict[str, Any], data: DataBundle) -> int:
 
 
 def compare_original_style(config: dict[str, Any], device: torch.device, steps: int, warmup: int, synthetic: bool,
-                           rounds: int, first_rate: float) -> tuple[list[float], list[float]]:
+                           rounds: int, first_rate: float) -> None:
     """Alternate this code's and the original-style training rate ``rounds`` times (so machine drift hits both)."""
     from trainer.original_style import original_style_rate  # torchvision/PIL only needed for the comparison
 
     ours, original = [first_rate], []
     for r in range(rounds):
         if r > 0:
-            ours.append(run_benchmark(config, device, steps, warmup, 1, synthetic)["train_images_per_s"])
+            ours.append(timed_training(config, device, steps, warmup, synthetic)[1]["images_per_s"])
         original.append(original_style_rate(config, benchmark_data(config, device, synthetic), device, steps, warmup))
         print(f"round {r + 1}: this code {ours[r]:.1f} images/s, original style {original[r]:.1f} images/s")
     mean_ours, mean_original = sum(ours) / len(ours), sum(original) / len(original)
     print(f"original-style train: {mean_original:.1f} images/s over {rounds} round(s); this code {mean_ours:.1f} "
           f"images/s -> speed-up {mean_ours / mean_original:.2f}x")
-    return ours, original
 
 
 def benchmark_main(argv: Sequence[str] | None = None) -> int:

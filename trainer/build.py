@@ -32,6 +32,12 @@ def resolve_device(device: str | None) -> torch.device:
         raise ConfigError(f"-d/--device {device!r} is not a device: use cpu, cuda, cuda:N or a GPU list like 0,1") from None
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so wall-clock timings are complete (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def build_model(config: dict[str, Any], num_classes: int, in_channels: int,
                 cls_num_list: Sequence[int] | None = None) -> nn.Module:
     """The configured architecture plus the optional ``arch.router``; class count, input channels and training

@@ -19,7 +19,7 @@ from torchvision import transforms
 from PIL import Image
 
 from data_loader.datasets import ImageTensorDataset
-from data_loader.factory import DataBundle, split_loader_args
+from data_loader.factory import DataBundle, build_augment, split_loader_args
 from trainer.build import build_combiner
 from trainer.trainer import Trainer
 
@@ -44,19 +44,18 @@ class PilImageDataset(Dataset):
 
 
 def pil_transform(config: dict[str, Any], data: ImageTensorDataset) -> transforms.Compose:
-    """torchvision transforms equivalent to the configured batch augmentation (crop, flip, rotation, AutoAugment)."""
+    """Per-image torchvision transforms doing what the configured batch augmentation does (crop, flip, rotation,
+    AutoAugment), read from the built augmentation so defaults have one source."""
     _, loader_args = split_loader_args(config["data_loader"])
-    augment = loader_args.get("augment", {"type": "standard", "args": {}})
-    args = augment.get("args", {})
+    augment = build_augment(data.loader_kind, loader_args, data.image_shape[-1])
     steps: list[Any] = []
-    if augment.get("type", "standard") != "none":
-        size = data.image_shape[-1]
-        steps.append(transforms.RandomCrop(size, padding=args.get("padding", 4)))
-        if args.get("flip", True):
+    if augment is not None:
+        steps.append(transforms.RandomCrop(data.image_shape[-1], padding=augment.padding))
+        if augment.flip:
             steps.append(transforms.RandomHorizontalFlip())
-        if args.get("rotation", 0):
-            steps.append(transforms.RandomRotation(args["rotation"]))
-        if augment.get("type") == "autoaugment":
+        if augment.rotation:
+            steps.append(transforms.RandomRotation(augment.rotation))
+        if augment.autoaugment:
             steps.append(transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10))
     steps += [transforms.ToTensor(), transforms.Normalize(data.mean, data.std)]
     return transforms.Compose(steps)

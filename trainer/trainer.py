@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from data_loader.factory import DataBundle, build_data
 from trainer.build import (build_combiner, build_criterion, build_model, build_optimizer, build_scheduler,
-                           frozen_batchnorm_to_eval, init_from_checkpoint, num_experts_of)
+                           frozen_batchnorm_to_eval, init_from_checkpoint, num_experts_of, synchronize)
 from trainer.distributed import DistContext, any_rank, barrier, convert_sync_batchnorm, sum_over_ranks, wrap_ddp
 from trainer.distill import with_teacher
 from trainer.evaluator import autocast_context, masks_for, validation_metrics
@@ -222,8 +222,7 @@ class Trainer:
                                  f"Resume with: python train.py -r {path}")
                 return None
         bar.close()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         elapsed = time.perf_counter() - start
         if self.dist.is_distributed:  # epoch metrics over the global batches, one collective per epoch
             totals = sum_over_ranks(torch.cat([torch.stack([loss_sum, correct_sum]), expert_sum,
