@@ -13,7 +13,7 @@ from data_loader.datasets import synthetic_dataset
 from trainer.benchmark import bare_step_rate, benchmark_main, synthetic_bundle
 from trainer.original_style import PilImageDataset, original_style_config, pil_transform
 from trainer.trainer import Trainer
-from utils.config import load_json, resolve_config
+from utils.config import load_config, resolve_config
 
 
 @pytest.mark.parametrize("name", ["cifar10_lt", "fmnist_lt"])
@@ -45,7 +45,7 @@ def test_pil_transform_follows_the_configured_augmentation() -> None:
 
 def test_original_style_config_turns_every_speed_switch_off_without_touching_the_input() -> None:
     """NCHW, looped experts, eager, fp32; the caller's config is left as it was."""
-    config = resolve_config(load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
+    config = resolve_config(load_config(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
     config["arch"]["args"]["batched_experts"] = True
     plain = original_style_config(config)
     assert plain["trainer"]["channels_last"] is False and plain["trainer"]["compile"] is False
@@ -55,7 +55,7 @@ def test_original_style_config_turns_every_speed_switch_off_without_touching_the
 
 def test_bare_step_rate_does_not_train_the_model() -> None:
     """The forward+backward ceiling is measured without changing weights or leaving gradients behind."""
-    config = resolve_config(load_json(ROOT / "configs/fmnist_ir100/balpoe.json"))
+    config = resolve_config(load_config(ROOT / "configs/fmnist_ir100/balpoe.json"))
     config["data_loader"]["args"]["batch_size"] = 16
     trainer = Trainer(config, torch.device("cpu"), None, None, quiet=True, data=synthetic_bundle(config, torch.device("cpu")))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items() if v.is_floating_point()}

@@ -9,7 +9,7 @@ from trainer.build import build_without_data
 from trainer.cli import apply_overrides, build_parser, train_main
 from trainer.combiner import compute_loss
 from trainer.distill import wants_teacher
-from utils.config import expand_tau_list, load_json, resolve_config, set_by_path
+from utils.config import expand_tau_list, load_config, resolve_config, set_by_path
 from utils.registry import ConfigError, Registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def test_tau_limits_and_uniform_spacing():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "configs")) for p in CONFIGS])
 def test_every_shipped_config_loads_builds_and_runs_a_step(path):
-    config = resolve_config(load_json(path))
+    config = resolve_config(load_config(path))
     assert config["name"], "every config needs a name"
     built = build_without_data(config)
     model = built["model"]
@@ -47,7 +47,7 @@ def test_every_shipped_config_loads_builds_and_runs_a_step(path):
 
 
 def test_cli_overrides_and_num_experts_with_limits():
-    config = load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json")
+    config = load_config(ROOT / "configs/cifar100_ir100/balpoe_standard.json")
     args = build_parser().parse_args(["--num_experts", "7", "--tau_list", "limits", "--set", "combiner.args.alpha=0.2",
                                       "--epochs", "3", "--lr", "0.05"])
     resolved = resolve_config(apply_overrides(config, args))
@@ -58,7 +58,7 @@ def test_cli_overrides_and_num_experts_with_limits():
 
 
 def test_unknown_type_lists_valid_names():
-    config = resolve_config(load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
+    config = resolve_config(load_config(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
     config["loss"]["type"] = "balpoee"
     with pytest.raises(ConfigError) as info:
         build_without_data(config)
@@ -67,18 +67,18 @@ def test_unknown_type_lists_valid_names():
 
 
 def test_unknown_key_and_wrong_type_name_the_key():
-    config = resolve_config(load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
+    config = resolve_config(load_config(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
     config["arch"]["args"]["num_expert"] = 3
     with pytest.raises(ConfigError, match=r"unknown key 'arch.args.num_expert'.*Did you mean 'num_experts'"):
         build_without_data(config)
-    config = resolve_config(load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
+    config = resolve_config(load_config(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
     config["optimizer"]["args"]["lr"] = "fast"
     with pytest.raises(ConfigError, match=r"'optimizer.args.lr' must be of type float, got 'fast'"):
         build_without_data(config)
     with pytest.raises(ConfigError, match="unknown top-level"):
-        resolve_config({**load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json"), "trainr": {}})
+        resolve_config({**load_config(ROOT / "configs/cifar100_ir100/balpoe_standard.json"), "trainr": {}})
     with pytest.raises(ConfigError, match="trainer.epochs"):
-        set_by_path(load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json"), "trainer.epochs", "many")
+        set_by_path(load_config(ROOT / "configs/cifar100_ir100/balpoe_standard.json"), "trainer.epochs", "many")
 
 
 def test_train_cli_reports_config_errors_without_traceback(tmp_path, capsys):
@@ -101,7 +101,7 @@ def test_registry_rejects_duplicates():
 
 
 def test_misspelt_sibling_key_is_an_error():
-    config = resolve_config(load_json(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
+    config = resolve_config(load_config(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
     config["arch"]["routr"] = {"type": "ride"}
     with pytest.raises(ConfigError, match=r"unknown key\(s\) arch.routr; 'arch' accepts: type, args, router"):
         build_without_data(config)

@@ -17,7 +17,7 @@ from trainer.combiner import compute_loss
 from trainer.cli import apply_overrides
 from trainer.evaluator import autocast_context, collect_logits
 from trainer.trainer import Trainer
-from utils.config import load_json, resolve_config
+from utils.config import load_config, resolve_config
 from utils.registry import ConfigError
 
 
@@ -158,7 +158,7 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        config = resolve_config(apply_overrides(load_json(args.config), argparse.Namespace(set=args.set)))
+        config = resolve_config(apply_overrides(load_config(args.config), argparse.Namespace(set=args.set)))
         device = resolve_device(args.device)
         result = run_benchmark(config, device, args.steps, args.warmup, args.eval_batches, args.synthetic)
     except (ConfigError, FileNotFoundError, ValueError) as exc:

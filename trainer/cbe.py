@@ -29,7 +29,7 @@ from trainer.cli import apply_overrides
 from trainer.evaluator import masks_for, validation_metrics
 from trainer.trainer import make_run_dir, write_run_config
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, strip_prefixes
-from utils.config import load_json, resolve_config, set_by_path
+from utils.config import load_config, resolve_config, set_by_path
 from utils.logging import get_logger
 from utils.registry import ConfigError
 from utils.seed import get_rng_state, seed_everything, torch_generator
@@ -186,7 +186,7 @@ def cbe_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no console log (train.log is still written)")
     args = p.parse_args(argv)
     try:
-        config = load_json(args.config)
+        config = load_config(args.config)
         data_dir, args.data_dir = args.data_dir, None  # the data directory lives in the wrapped data set's block
         config = apply_overrides(config, args)
         if data_dir:

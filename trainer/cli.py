@@ -13,7 +13,7 @@ from trainer.distributed import init_distributed, shutdown_distributed
 from trainer.trainer import Trainer, make_run_dir, write_run_config
 from trainer.evaluator import masks_for
 from utils.checkpoint import CheckpointError, load_checkpoint
-from utils.config import load_json, parse_cli_value, resolve_config, set_by_path
+from utils.config import load_config, parse_cli_value, resolve_config, set_by_path
 from trainer.cost import expert_cost, is_multi_expert
 from utils.flops import count_macs, count_parameters
 from utils.registry import ConfigError
@@ -101,9 +101,9 @@ def _train(args: argparse.Namespace) -> int:
         resume_state = load_checkpoint(args.resume)
         config = json.loads(json.dumps(resume_state["config"]))
         if args.config:
-            config.update(load_json(args.config))  # like the reference: -c replaces whole top-level sections
+            config.update(load_config(args.config))  # like the reference: -c replaces whole top-level sections
     else:
-        config = load_json(args.config)
+        config = load_config(args.config)
     config = resolve_config(apply_overrides(config, args))
     ctx, device = init_distributed(resolve_device(args.device))  # torchrun: join the process group
     try:

@@ -18,7 +18,7 @@ from trainer.cost import ExpertCost, expert_cost, experts_used_percentages, is_m
 from trainer.evaluate import TestData, expand_checkpoints, prepare
 from trainer.evaluator import collect_logits
 from utils.checkpoint import CheckpointError
-from utils.config import load_json, resolve_config
+from utils.config import load_config, resolve_config
 from utils.flops import count_macs, count_parameters
 from utils.registry import ConfigError
 
@@ -93,7 +93,7 @@ def flops_main(argv: Sequence[str] | None = None) -> int:
             model, image_shape, percentages = measured_percentages(args.resume, resolve_device(args.device), overrides)
             print(f"checkpoint: {args.resume}")
         elif args.config:
-            config = resolve_config(apply_overrides(load_json(args.config), argparse.Namespace(set=args.set)))
+            config = resolve_config(apply_overrides(load_config(args.config), argparse.Namespace(set=args.set)))
             built = build_without_data(config)
             model, image_shape = built["model"], built["image_shape"]
             percentages = parse_percentages(args.experts_used) if args.experts_used else None

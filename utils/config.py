@@ -41,15 +41,68 @@ EVALUATION_DEFAULTS: dict[str, Any] = {
 }
 
 
+BASE_KEY = "_base_"      # a config names the files it inherits from (paths relative to itself)
+DELETE_KEY = "_delete_"  # inside an object: replace the inherited object instead of merging into it
+
+
 def load_json(path: str | Path) -> dict[str, Any]:
-    """Read a JSON config file with a clear error for missing files and syntax errors."""
+    """Read one JSON object from a file with a clear error for missing files, syntax errors and non-objects."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (pass an existing JSON file with -c)")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file (a JSON config is expected)") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object {{...}} (a config), not a {type(data).__name__}")
+    return data
+
+
+def merge_configs(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: objects merge key by key, anything else (lists included) is replaced; an object holding
+    ``"_delete_": true`` replaces the inherited object whole."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and value.get(DELETE_KEY):
+            out[key] = {k: copy.deepcopy(v) for k, v in value.items() if k != DELETE_KEY}
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_configs(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _strip_delete_markers(node: Any) -> Any:
+    """Drop ``_delete_`` markers left in objects that had nothing to replace."""
+    if isinstance(node, dict):
+        return {k: _strip_delete_markers(v) for k, v in node.items() if k != DELETE_KEY}
+    return node
+
+
+def load_config(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config file and everything it inherits: ``"_base_": "a.json"`` or ``["a.json", "b.json"]`` (paths
+    relative to the file; later bases override earlier ones, the file's own keys override all bases)."""
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, resolved))
+        raise ConfigError(f"config inheritance cycle: {cycle}")
+    own = load_json(path)
+    bases = own.pop(BASE_KEY, [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: '{BASE_KEY}' must be a file name or a list of file names, got {bases!r}")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base config {base!r} not found (looked for {base_path})")
+        merged = merge_configs(merged, load_config(base_path, (*_chain, resolved)))
+    return _strip_delete_markers(merge_configs(merged, own))
 
 
 def parse_cli_value(text: str) -> Any:
