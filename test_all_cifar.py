@@ -5,7 +5,7 @@ python test_all_cifar.py -r CKPT [CKPT ...] [--posthoc_bias_correction] [--out D
 import sys
 
 from data_loader.profiles import CIFAR_TEST_PRIORS
-from trainer.evaluate import priors_main
+from tools.evaluate import priors_main
 
 if __name__ == "__main__":
     sys.exit(priors_main(CIFAR_TEST_PRIORS, description=__doc__))

@@ -1,7 +1,7 @@
-"""Train a long-tailed recognition model: python train.py -c CONFIG [--seed N] [overrides]."""
+"""Train a long-tailed recognition model: python train.py -c CONFIG [--seed N] [overrides] (see tools/train.py)."""
 import sys
 
-from trainer.cli import train_main
+from tools.train import main
 
 if __name__ == "__main__":
-    sys.exit(train_main())
+    sys.exit(main())

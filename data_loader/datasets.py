@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from data_loader.profiles import lt_class_counts, select_per_class, shifted_prior_counts
+from utils.errors import ConfigError, DataError, DataNotFoundError
 from utils.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -36,10 +37,6 @@ FMNIST_SYSTEM_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian package da
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # CIFAR-10 stats, used for both (spec)
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
-
-
-class DataNotFoundError(FileNotFoundError):
-    """Data files are missing and could not be downloaded; the message names the folder and how to get them."""
 
 
 @dataclass
@@ -84,7 +81,7 @@ class ImageTensorDataset:
         if prior == "uniform":
             return torch.arange(len(self))
         if len(set(counts)) != 1:
-            raise ValueError(f"test prior {prior!r} needs a balanced test split, but {self.name} has counts "
+            raise DataError(f"test prior {prior!r} needs a balanced test split, but {self.name} has counts "
                              f"between {min(counts)} and {max(counts)} per class")
         wanted = shifted_prior_counts(prior, counts[0], self.num_classes)
         return torch.from_numpy(select_per_class(self.targets.cpu().numpy(), wanted, self.split_seed)).long()
@@ -182,13 +179,13 @@ def read_idx(path: Path) -> tuple[np.ndarray, bytes]:
 def parse_idx_bytes(data: bytes, name: str = "idx") -> np.ndarray:
     """Decode the idx format: zero bytes, dtype code 0x08 (uint8), ndim, big-endian dims, then the data."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{name} is not a uint8 idx file (bad magic number)")
+        raise DataError(f"{name} is not a uint8 idx file (bad magic number)")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims)) if dims else 0
     if len(data) - offset != expected:
-        raise ValueError(f"{name}: header says {dims} ({expected} bytes) but the file holds {len(data) - offset}")
+        raise DataError(f"{name}: header says {dims} ({expected} bytes) but the file holds {len(data) - offset}")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
@@ -223,7 +220,7 @@ def read_fashion_mnist(data_dir: str | Path, train: bool, download: bool = False
         arrays.append(array)
     images, labels = arrays
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{paths[0]} has {images.shape[0]} images but {paths[1]} has {labels.shape[0]} labels")
+        raise DataError(f"{paths[0]} has {images.shape[0]} images but {paths[1]} has {labels.shape[0]} labels")
     names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
     return images[:, None].copy(), labels.astype(np.int64), names
 
@@ -249,7 +246,7 @@ def _register_lt(name: str, reader: Callable[..., tuple[np.ndarray, np.ndarray, 
     def build(split: str = "train", data_dir: str = default_dir, imb_factor: float = 0.01, imb_type: str = "exp",
               split_seed: int = 0, download: bool = True) -> ImageTensorDataset:
         if split not in ("train", "test"):
-            raise ValueError(f"{name}: split must be 'train' or 'test', got {split!r}")
+            raise ConfigError(f"{name}: split must be 'train' or 'test', got {split!r}")
         images, labels, class_names = reader(data_dir, train=split == "train", download=download)
         return make_lt_dataset(images, labels, num_classes, split == "train", imb_factor, imb_type, split_seed,
                                f"{name}/{split}", mean, std, class_names)

@@ -8,7 +8,7 @@ import torch
 
 from data_loader.datasets import DATASETS, ImageTensorDataset, dataset_info
 from data_loader.loader import LOADERS, SAMPLERS, BatchLoader
-from utils.registry import ConfigError
+from utils.errors import ConfigError
 
 # Keys of data_loader.args that configure the loader rather than the data set itself.
 # batch_size is the GLOBAL batch of one optimizer step; under torchrun each of W processes takes batch_size / W.
@@ -29,7 +29,7 @@ class DataBundle:
     def cls_num_list(self) -> list[int]:
         """Training images per class (the only source of class counts for losses and shot groups)."""
         if self.train_set is None:
-            raise ValueError("no training set was built")
+            raise RuntimeError("no training set was built (build_data(train=False))")
         return self.train_set.cls_num_list
 
 
@@ -77,11 +77,11 @@ def per_rank_batch_size(batch_size: int, world_size: int) -> int:
 
 
 def build_data(config: dict[str, Any], device: torch.device, train: bool = True, limit_batches: int | None = None,
-               rank: int = 0, world_size: int = 1) -> DataBundle:
+               rank: int = 0, world_size: int = 1, limit_val_batches: int | None = None) -> DataBundle:
     """Data sets on ``device`` plus loaders; with ``train=False`` only the test side is built.
 
     The training loader of process ``rank`` of ``world_size`` yields its share of each global batch; the test
-    loader always covers the whole test set (evaluation runs on one process).
+    loader covers the whole test set (evaluation runs on one process) unless ``limit_val_batches`` caps it.
     """
     _, loader_args = split_loader_args(config["data_loader"])
     common = {"channels_last": bool(config.get("trainer", {}).get("channels_last", False)),
@@ -98,5 +98,6 @@ def build_data(config: dict[str, Any], device: torch.device, train: bool = True,
     test_set = build_dataset(config, "test").to(device)
     test_batch = int(config.get("evaluation", {}).get("test_batch_size", 512))
     test_loader = LOADERS.build(test_set.loader_kind, "data_loader", dataset=test_set, batch_size=test_batch,
-                                sampler="sequential", augment=None, drop_last=False, **common)
+                                sampler="sequential", augment=None, drop_last=False, limit_batches=limit_val_batches,
+                                **common)
     return DataBundle(train_set, test_set, train_loader, test_loader)

@@ -1,6 +1,6 @@
 """Image-file data sets: txt lists (ImageNet-LT, iNaturalist 2018, Places-LT, custom lists) and image folders.
 
-Each line of a list is ``relative/path/to/image.jpg <integer label>`` (METHODS.md §1.3); paths are relative to
+Each line of a list is ``relative/path/to/image.jpg <integer label>`` (docs/methods.md, data sets); paths are relative to
 ``data_dir``, list files live in ``txt_dir``. Images are decoded lazily (PIL, RGB) by ``ImageListLoader`` workers;
 only paths and labels are held in memory (paths as one NumPy byte array, so forked workers do not copy them).
 """
@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from data_loader.datasets import DATASETS, DataNotFoundError
+from data_loader.datasets import DATASETS
+from utils.errors import ConfigError, DataError, DataNotFoundError
 from data_loader.profiles import CIFAR_TEST_PRIORS, DATASET_PRIORS, lt_class_counts, shifted_subset_indices
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -37,11 +38,11 @@ def read_image_list(path: str | Path) -> tuple[list[str], np.ndarray]:
                 continue
             parts = line.rsplit(maxsplit=1)
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise ValueError(f"{path}:{number}: expected 'relative/path/to/image.jpg <integer label>', got {line!r}")
+                raise DataError(f"{path}:{number}: expected 'relative/path/to/image.jpg <integer label>', got {line!r}")
             paths.append(parts[0])
             labels.append(int(parts[1]))
     if not paths:
-        raise ValueError(f"{path} holds no images")
+        raise DataError(f"{path} holds no images")
     return paths, np.asarray(labels, dtype=np.int64)
 
 
@@ -71,7 +72,7 @@ class ImageListDataset:
         bad = (self.targets < 0) | (self.targets >= self.num_classes)
         if bool(bad.any()):
             first = int(torch.nonzero(bad)[0])
-            raise ValueError(f"{self.source}: label {int(self.targets[first])} of {self.relative_path(first)} is outside "
+            raise DataError(f"{self.source}: label {int(self.targets[first])} of {self.relative_path(first)} is outside "
                              f"0..{self.num_classes - 1} (data_loader.args.num_classes = {self.num_classes})")
 
     def __len__(self) -> int:
@@ -105,7 +106,7 @@ class ImageListDataset:
             raise DataNotFoundError(f"image not found: {path} (listed in {self.source}); check data_loader.args.data_dir "
                                     f"({self.root}). {DATA_TXT_HELP}") from None
         except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"cannot decode image {path} (listed in {self.source}): {exc}") from None
+            raise DataError(f"cannot decode image {path} (listed in {self.source}): {exc}") from None
 
     def check_first_image(self) -> None:
         """Fail at build time (not mid-epoch) when data_dir is wrong: the first listed image must exist."""
@@ -149,10 +150,10 @@ class ImageListDataset:
         for row, (path, label) in enumerate(zip(paths, labels)):
             i = index.get(path.encode())
             if i is None:
-                raise ValueError(f"{file}:{row + 1}: {path} is not in the test list {self.source}; the shifted lists must "
+                raise DataError(f"{file}:{row + 1}: {path} is not in the test list {self.source}; the shifted lists must "
                                  "be subsets of the test list (data_loader.args.test_list)")
             if int(self.targets[i]) != int(label):
-                raise ValueError(f"{file}:{row + 1}: {path} has label {label} but {int(self.targets[i])} in {self.source}")
+                raise DataError(f"{file}:{row + 1}: {path} has label {label} but {int(self.targets[i])} in {self.source}")
             out[row] = i
         return torch.from_numpy(out)
 
@@ -189,7 +190,7 @@ def _register_txt(name: str, title: str, data_dir: str, txt_dir: str, prefix: st
               mean: Sequence[float] = mean, std: Sequence[float] = std, split_seed: int = 0) -> ImageListDataset:
         lists = {"train": train_list, "val": val_list, "test": test_list}
         if split not in lists:
-            raise ValueError(f"{name}: split must be one of {', '.join(lists)}, got {split!r}")
+            raise ConfigError(f"{name}: split must be one of {', '.join(lists)}, got {split!r}")
         folder = Path(txt_dir)
         if num_classes is None:  # custom lists: the largest label of the train and test lists decides
             num_classes = max(int(read_image_list(folder / lists[s])[1].max()) for s in ("train", "test")) + 1
@@ -235,7 +236,7 @@ def scan_image_folder(folder: Path, classes: Sequence[str]) -> tuple[list[str], 
     found = class_folders(folder)
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise ValueError(f"{folder} has class folders {unknown[:5]} that the training folder lacks")
+        raise DataError(f"{folder} has class folders {unknown[:5]} that the training folder lacks")
     paths, labels = [], []
     for label, cls in enumerate(classes):
         for dirpath, _, files in sorted(os.walk(folder / cls)):
@@ -260,7 +261,7 @@ def image_folder(split: str = "train", data_dir: str = "data/custom", train_dir:
     """
     dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
     if split not in dirs:
-        raise ValueError(f"image_folder: split must be one of {', '.join(dirs)}, got {split!r}")
+        raise ConfigError(f"image_folder: split must be one of {', '.join(dirs)}, got {split!r}")
     root = Path(data_dir)
     classes = class_folders(root / train_dir)
     paths, labels = scan_image_folder(root / dirs[split], classes)

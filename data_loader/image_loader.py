@@ -1,6 +1,6 @@
 """Loader for image-file data sets: a persistent torch DataLoader decodes and transforms images in worker processes.
 
-Same interface as ``BatchLoader`` (``batches(epoch, start_step)``, ``len``, ``set_epoch``, rank sharding). The epoch
+Same interface as ``BatchLoader`` (``batches(epoch, start_step)``, ``len``, rank sharding). The epoch
 order is the same seeded permutation; every sample's augmentation is seeded from (seed, epoch, position in the
 global epoch order), so a batch is a pure function of (seed, epoch, step) regardless of worker count, and a DDP run
 augments each image exactly as a single-process run over the same global batch. Resuming mid-epoch is exact.
@@ -19,8 +19,8 @@ from torchvision.transforms.functional import pil_to_tensor
 from data_loader.augment import normalize
 from data_loader.image_lists import ImageListDataset
 from data_loader.image_transforms import IMAGE_AUGMENTS, ImageTransform, eval_transform
-from data_loader.loader import LOADERS, STREAM_AUGMENT, STREAM_VIEW1, STREAM_VIEW2, BatchLoader
-from utils.seed import derive_seed
+from data_loader.loader import LOADERS, BatchLoader
+from utils.seed import Stream, derive_seed
 
 SampleKey = tuple[int, int, int]  # (index in the data set, epoch, position in the global epoch order)
 
@@ -38,7 +38,7 @@ class SampleReader(Dataset):
         index, epoch, position = key
         image = self.dataset.load_image(index)
         with torch.random.fork_rng(devices=[]):  # never disturb the caller's global generator (num_workers=0)
-            torch.manual_seed(derive_seed(self.seed, epoch, position, STREAM_AUGMENT))
+            torch.manual_seed(derive_seed(self.seed, epoch, position, Stream.AUGMENT))
             image = self.transform(image)
         return pil_to_tensor(image), int(self.dataset.targets[index])
 
@@ -50,7 +50,7 @@ class TwoViewReader(SampleReader):
         index, epoch, position = key
         image = self.dataset.load_image(index)
         views = []
-        for tag in (STREAM_VIEW1, STREAM_VIEW2):
+        for tag in (Stream.VIEW1, Stream.VIEW2):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed(self.seed, epoch, position, tag))
                 views.append(pil_to_tensor(self.transform(image)))

@@ -1,4 +1,4 @@
-"""Per-image (PIL) transforms for image-file data sets (METHODS.md §1.5-1.6).
+"""Per-image (PIL) transforms for image-file data sets (docs/methods.md, data augmentation).
 
 Every random draw uses torch's global generator, which the image-list loader seeds per sample from
 (seed, epoch, position in the epoch order); a sample's augmentation is therefore reproducible and independent of the
@@ -78,7 +78,7 @@ def rand_augment_op(image: Image.Image, op: str, level: float, fill: tuple[int, 
 
 class RandAugment:
     """timm's 'rand-n{n}-m{m}-mstd{std}' policy: n ops drawn with replacement from 15, each applied with probability p,
-    magnitude ~ N(m, std) clipped to [0, 10], fill colour = the data set mean in 0..255 (METHODS.md §1.6)."""
+    magnitude ~ N(m, std) clipped to [0, 10], fill colour = the data set mean in 0..255 (docs/methods.md)."""
 
     OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast",
            "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")

@@ -9,14 +9,10 @@ import torch
 from data_loader.augment import AUGMENTS, BatchAugment, normalize
 from data_loader.datasets import ImageTensorDataset
 from utils.registry import Registry
-from utils.seed import torch_generator
+from utils.seed import Stream, torch_generator
 
 SAMPLERS = Registry("sampler")
 LOADERS = Registry("loader")  # keyed by a data set's ``loader_kind``: how batches of that kind of data set are made
-
-# Purpose tags keep the random streams of different consumers independent.
-STREAM_ORDER, STREAM_AUGMENT = 1, 2
-STREAM_VIEW_ORDER, STREAM_VIEW1, STREAM_VIEW2 = 21, 22, 23  # SADE test-time views: shuffling and the two views
 
 
 @SAMPLERS.register("random")
@@ -69,16 +65,11 @@ class BatchLoader:
         self.order_fn = SAMPLERS.get(sampler, where="data_loader.args.sampler")
         self.sampler, self.drop_last, self.channels_last = sampler, drop_last, channels_last
         self.limit_batches, self.rank, self.world_size = limit_batches, rank, world_size
-        self.epoch = 0
 
     @property
     def device(self) -> torch.device:
         """Device the batches are produced on."""
         return self.dataset.images.device
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next iteration reproduces."""
-        self.epoch = epoch
 
     @property
     def samples_per_rank(self) -> int:
@@ -92,7 +83,7 @@ class BatchLoader:
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """This rank's index order for ``epoch`` (padded by wrap-around so every rank gets the same count)."""
-        order = self.order_fn(self.dataset.targets, torch_generator("cpu", self.seed, epoch, STREAM_ORDER))
+        order = self.order_fn(self.dataset.targets, torch_generator("cpu", self.seed, epoch, Stream.ORDER))
         if self.world_size > 1:
             total = self.samples_per_rank * self.world_size
             order = torch.cat([order, order[: total - len(order)]])[self.rank::self.world_size]
@@ -107,15 +98,12 @@ class BatchLoader:
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
             images, targets = self.dataset.images[idx], self.dataset.targets[idx]
             if self.augment is not None:
-                images = self.augment(images, torch_generator(device, self.seed, epoch, step, STREAM_AUGMENT, *rank_key))
+                images = self.augment(images, torch_generator(device, self.seed, epoch, step, Stream.AUGMENT, *rank_key))
             yield normalize(images, self.dataset.mean, self.dataset.std, self.channels_last), targets
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.batches(self.epoch)
 
     def view_order(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         """The images ``idx`` in the seeded shuffled order of test-time epoch ``epoch``."""
-        return idx[torch.randperm(len(idx), generator=torch_generator("cpu", self.seed, epoch, STREAM_VIEW_ORDER))]
+        return idx[torch.randperm(len(idx), generator=torch_generator("cpu", self.seed, epoch, Stream.VIEW_ORDER))]
 
     def view_pairs(self, idx: torch.Tensor, augment: BatchAugment, epoch: int, batch_size: int
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -124,5 +112,5 @@ class BatchLoader:
         order = self.view_order(idx, epoch).to(device)  # one copy per epoch, as in batches()
         for step, start in enumerate(range(0, len(order), batch_size)):
             batch = self.dataset.images[order[start:start + batch_size]]
-            views = [augment(batch, torch_generator(device, self.seed, epoch, step, tag)) for tag in (STREAM_VIEW1, STREAM_VIEW2)]
+            views = [augment(batch, torch_generator(device, self.seed, epoch, step, tag)) for tag in (Stream.VIEW1, Stream.VIEW2)]
             yield tuple(normalize(v, self.dataset.mean, self.dataset.std, self.channels_last) for v in views)  # type: ignore[misc]

@@ -1,6 +1,6 @@
 """Long-tailed class-count profiles, shifted test priors by name, and the seeded per-class subset selection.
 
-Shifted test sets of lists (METHODS.md §1.3): rank the classes by TRAINING frequency (rank 0 = most frequent, ties
+Shifted test sets of lists (docs/methods.md, shifted test priors): rank the classes by TRAINING frequency (rank 0 = most frequent, ties
 keep class order); forward-K keeps ``floor(n_test * (1/K) ** (r / (C - 1)))`` images of the class of rank r,
 backward-K the same with the ranks reversed; n_test is the per-class size of the balanced test set.
 """
@@ -11,12 +11,14 @@ from typing import Sequence
 
 import numpy as np
 
-# Evaluation order of the test-agnostic protocol (METHODS.md §1.2).
+from utils.errors import ConfigError, DataError
+
+# Evaluation order of the test-agnostic protocol (docs/methods.md, evaluation protocol).
 CIFAR_TEST_PRIORS = ["forward50", "forward25", "forward10", "forward5", "forward2", "uniform",
                      "backward2", "backward5", "backward10", "backward25", "backward50"]
 IMAGENET_TEST_PRIORS = list(CIFAR_TEST_PRIORS)
 INAT_TEST_PRIORS = ["forward3", "forward2", "uniform", "backward2", "backward3"]
-# Shifted lists each txt-list benchmark evaluates (METHODS.md §1.3); the file of prior P is <prefix><P>.txt.
+# Shifted lists each txt-list benchmark evaluates (docs/methods.md, shifted test priors); the file of prior P is <prefix><P>.txt.
 DATASET_PRIORS = {"imagenet_lt": IMAGENET_TEST_PRIORS, "places_lt": IMAGENET_TEST_PRIORS, "inat2018": INAT_TEST_PRIORS}
 
 _PRIOR_RE = re.compile(r"^(forward|backward)(\d+(?:\.\d+)?)$")
@@ -37,7 +39,7 @@ def lt_class_counts(n_max: int, num_classes: int, imb_factor: float, imb_type: s
         return counts[::-1] if reverse else counts
     if imb_type == "none":
         return [int(n_max)] * num_classes
-    raise ValueError(f"unknown imbalance profile {imb_type!r}; valid: exp, step, none")
+    raise ConfigError(f"unknown imbalance profile {imb_type!r}; valid: exp, step, none")
 
 
 def parse_test_prior(name: str) -> tuple[float, bool]:
@@ -46,10 +48,10 @@ def parse_test_prior(name: str) -> tuple[float, bool]:
         return 1.0, False
     match = _PRIOR_RE.match(name)
     if not match:
-        raise ValueError(f"unknown test prior {name!r}: use 'uniform', 'forwardK' or 'backwardK' (e.g. forward50)")
+        raise ConfigError(f"unknown test prior {name!r}: use 'uniform', 'forwardK' or 'backwardK' (e.g. forward50)")
     ratio = float(match.group(2))
     if ratio < 1:
-        raise ValueError(f"test prior {name!r}: the imbalance ratio K must be >= 1")
+        raise ConfigError(f"test prior {name!r}: the imbalance ratio K must be >= 1")
     return 1.0 / ratio, match.group(1) == "backward"
 
 
@@ -71,7 +73,7 @@ def select_per_class(targets: Sequence[int] | np.ndarray, counts: Sequence[int],
     for cls, count in enumerate(counts):
         idx = np.where(targets == cls)[0]
         if count > len(idx):
-            raise ValueError(f"class {cls} has {len(idx)} images but the profile asks for {count}")
+            raise DataError(f"class {cls} has {len(idx)} images but the profile asks for {count}")
         rng.shuffle(idx)
         chosen.append(idx[:count])
     return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
@@ -102,10 +104,10 @@ def shifted_subset_indices(test_targets: Sequence[int] | np.ndarray, train_count
         return np.arange(len(targets))
     test_counts = np.bincount(targets, minlength=len(train_counts))
     if len(test_counts) != len(train_counts):
-        raise ValueError(f"test labels go up to {len(test_counts) - 1} but the training counts cover {len(train_counts)} classes")
+        raise DataError(f"test labels go up to {len(test_counts) - 1} but the training counts cover {len(train_counts)} classes")
     n_test = int(test_counts.min())
     if n_test < 1:
         missing = np.flatnonzero(test_counts == 0)[:5].tolist()
-        raise ValueError(f"test prior {prior!r} needs every class in the test list; classes {missing} have no test image")
+        raise DataError(f"test prior {prior!r} needs every class in the test list; classes {missing} have no test image")
     wanted = shifted_class_counts(prior, n_test, train_counts)
     return np.sort(select_per_class(targets, wanted, seed))

@@ -1,5 +1,5 @@
 """The ``subset`` data set wrapper: a held-out validation part carved from the training split, and class-group
-views with an extra "other" class (Class-Balanced Experts, METHODS.md §8.1).
+views with an extra "other" class (Class-Balanced Experts, docs/methods.md).
 
 Splits of ``subset``: ``train`` = the base training split minus the held-out part, ``val`` = the held-out part
 (original labels), ``test`` = the base test split. With ``group`` set, every split keeps the images of that group's
@@ -18,11 +18,10 @@ import torch
 
 from data_loader.datasets import DATASETS, ImageTensorDataset, dataset_info
 from utils.metrics import group_classes
-from utils.registry import ConfigError
-from utils.seed import numpy_generator
+from utils.errors import ConfigError
+from utils.seed import Stream, numpy_generator
 
 GROUPS = ("many", "medium", "few")
-STREAM_HOLDOUT, STREAM_OPEN = 11, 12  # random-stream tags of the held-out and the open-set draws
 
 
 def holdout_count(n: int, fraction: float, max_per_class: int) -> int:
@@ -36,7 +35,7 @@ def holdout_split(targets: torch.Tensor, num_classes: int, fraction: float, max_
                   seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept indices, held-out indices), both ascending; per class a seeded random choice of holdout_count images."""
     labels = targets.cpu().numpy()
-    rng = numpy_generator(seed, STREAM_HOLDOUT)
+    rng = numpy_generator(seed, Stream.HOLDOUT)
     held = []
     for cls in range(num_classes):
         members = np.flatnonzero(labels == cls)
@@ -56,7 +55,7 @@ def group_indices(targets: torch.Tensor, classes: Sequence[int], ratio: float, s
     labels = targets.cpu().numpy()
     inside = np.isin(labels, np.asarray(list(classes)))
     closed, others = np.flatnonzero(inside), np.flatnonzero(~inside)
-    chosen = numpy_generator(seed, STREAM_OPEN).permutation(others)[:open_count(len(closed), len(others), ratio)]
+    chosen = numpy_generator(seed, Stream.OPEN).permutation(others)[:open_count(len(closed), len(others), ratio)]
     return torch.from_numpy(np.sort(np.concatenate([closed, chosen]))).long()
 
 
@@ -87,7 +86,7 @@ def group_view(dataset: ImageTensorDataset, classes: Sequence[int], ratio: float
 def _check(split: str, holdout_fraction: float, group: str | None, open_ratio: float, test_open_ratio: float) -> None:
     """Clear errors for bad subset arguments."""
     if split not in ("train", "val", "test"):
-        raise ValueError(f"subset: split must be 'train', 'val' or 'test', got {split!r}")
+        raise ConfigError(f"subset: split must be 'train', 'val' or 'test', got {split!r}")
     if not 0 <= holdout_fraction < 1:
         raise ConfigError(f"data_loader.args.holdout_fraction must be in [0, 1), got {holdout_fraction}")
     if split == "val" and holdout_fraction <= 0:

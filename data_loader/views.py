@@ -1,4 +1,4 @@
-"""Batch tensor augmentation for SADE's test-time views (METHODS.md §6): crop, colour jitter, grayscale, blur, flip.
+"""Batch tensor augmentation for SADE's test-time views (docs/methods.md, SADE): crop, colour jitter, grayscale, blur, flip.
 
 Like data_loader/augment.py, every op works on a whole uint8 batch with per-image random parameters drawn from the
 ``torch.Generator`` passed in, on whatever device the images live on. Colour ops run on floats in [0, 1].

@@ -1,4 +1,4 @@
-"""ImageNet-style ResNets / ResNeXts (METHODS.md §2.2-2.3): shared stem + layer1 + layer2, per-expert layer3 + layer4.
+"""ImageNet-style ResNets / ResNeXts (docs/methods.md, backbones): shared stem + layer1 + layer2, per-expert layer3 + layer4.
 
 Module names mirror torchvision (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer1.0.downsample.0`` ...) under
 ``trunk.`` and ``branch.``, so a torchvision state dict maps onto the trunk and onto every expert's copy of the late
@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from model.experts import MultiExpertModel
 from model.layers import ExpertBatchNorm2d, ExpertConv2d, ExpertSequential, residual_relu
 from model.registry import MODELS, WEIGHT_FORMATS
-from utils.checkpoint import CheckpointError, load_weights_file
+from utils.checkpoint import load_weights_file
+from utils.errors import CheckpointError
 
 
 def _conv_bn(num_experts: int, in_planes: int, out_planes: int, kernel: int, stride: int = 1,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import tiny_config, write_config
-from trainer.cli import train_main
+from tools.train import main as train_main
 from utils.checkpoint import load_checkpoint
 
 

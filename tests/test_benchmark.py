@@ -10,10 +10,12 @@ from torchvision import transforms
 from conftest import ROOT
 from data_loader.augment import normalize
 from data_loader.datasets import synthetic_dataset
-from trainer.benchmark import bare_step_rate, benchmark_main, synthetic_bundle
-from trainer.original_style import PilImageDataset, original_style_config, pil_transform
+from tools.benchmark import bare_step_rate, synthetic_bundle
+from tools.benchmark import main as benchmark_main
+from benchmarks.original_style import PilImageDataset, original_style_config, pil_transform
 from trainer.trainer import Trainer
-from utils.config import load_config, resolve_config
+from trainer.build import resolve
+from utils.config import load_config
 
 
 @pytest.mark.parametrize("name", ["cifar10_lt", "fmnist_lt"])
@@ -45,7 +47,7 @@ def test_pil_transform_follows_the_configured_augmentation() -> None:
 
 def test_original_style_config_turns_every_speed_switch_off_without_touching_the_input() -> None:
     """NCHW, looped experts, eager, fp32; the caller's config is left as it was."""
-    config = resolve_config(load_config(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
+    config = resolve(load_config(ROOT / "configs/cifar100_ir100/balpoe_standard.json"))
     config["arch"]["args"]["batched_experts"] = True
     plain = original_style_config(config)
     assert plain["trainer"]["channels_last"] is False and plain["trainer"]["compile"] is False
@@ -55,7 +57,7 @@ def test_original_style_config_turns_every_speed_switch_off_without_touching_the
 
 def test_bare_step_rate_does_not_train_the_model() -> None:
     """The forward+backward ceiling is measured without changing weights or leaving gradients behind."""
-    config = resolve_config(load_config(ROOT / "configs/fmnist_ir100/balpoe.json"))
+    config = resolve(load_config(ROOT / "configs/fmnist_ir100/balpoe.json"))
     config["data_loader"]["args"]["batch_size"] = 16
     trainer = Trainer(config, torch.device("cpu"), None, None, quiet=True, data=synthetic_bundle(config, torch.device("cpu")))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items() if v.is_floating_point()}
@@ -83,7 +85,7 @@ def test_benchmark_compare_prints_a_speed_up_consistent_with_its_rounds(capsys: 
 
 def test_benchmark_compare_rejects_image_file_training_sets() -> None:
     """The PIL reference needs in-memory images; image-list data sets get a message pointing at --synthetic."""
-    from trainer.original_style import original_style_rate
+    from benchmarks.original_style import original_style_rate
 
     class FileBacked:
         train_set = object()

@@ -1,5 +1,6 @@
 """Class-Balanced Experts: held-out split, group relabelling with an "other" class, the calibration module, end to end."""
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -9,16 +10,20 @@ import torch
 from data_loader.datasets import DATASETS
 from data_loader.profiles import lt_class_counts
 from data_loader.subsets import group_indices, holdout_count, holdout_split, relabel_map, subset_info
-from model.calibrated_experts import ExpertCalibration
-from trainer.cbe import cbe_main
-from trainer.cli import train_main
-from trainer.evaluate import priors_main, uniform_main
+from methods.cbe import ExpertCalibration
+from tools.train import main as train_main
+from tools.evaluate import priors_main, uniform_main
 from utils.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official release")
 TINY_COUNTS = [60, 46, 35, 27, 21, 16, 12, 10, 7, 6]  # 60 per class, imb_factor 0.1
 MEDIUM = [3, 4, 5, 6, 7]  # 10 <= n <= 30
+
+
+def calibrate(calibration: list[str], experts: list) -> int:
+    """Run the cbe_calibration stage of the calibration config on the given expert checkpoints."""
+    return train_main([*calibration, "--set", "ensemble.checkpoints=" + json.dumps([str(p) for p in experts])])
 
 
 def test_holdout_split_counts_and_disjointness():
@@ -109,7 +114,7 @@ def cbe_runs(fmnist_dir, tmp_path_factory):
         experts.append(sorted(save_dir.glob(f"fmnist_ir100_cbe_{group}/seed*/last.pth"))[-1])
     calibration = ["-c", str(ROOT / "configs/fmnist_ir100/cbe_calibration.json"), *data, "--epochs", "3",
                    "--set", "arch.args.many_threshold=30", "--set", "arch.args.few_threshold=10"]
-    assert cbe_main([*calibration, "--experts", *map(str, experts)]) == 0
+    assert calibrate(calibration, experts) == 0
     final = sorted(save_dir.glob("fmnist_ir100_cbe_calibration/seed*/last.pth"))[-1]
     return generalist, experts, final, calibration
 
@@ -144,5 +149,5 @@ def test_cbe_calibrated_model_is_evaluated_like_any_checkpoint(cbe_runs, tmp_pat
 
 def test_cbe_calibration_rejects_experts_in_the_wrong_order(cbe_runs, capsys):
     _, experts, _, calibration = cbe_runs
-    assert cbe_main([*calibration, "--experts", str(experts[1]), str(experts[0]), str(experts[2])]) == 2
+    assert calibrate(calibration, [experts[1], experts[0], experts[2]]) == 2
     assert "'medium' expert but arch.args.groups expects 'many'" in capsys.readouterr().err

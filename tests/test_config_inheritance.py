@@ -4,13 +4,32 @@ from pathlib import Path
 
 import pytest
 
-from utils.config import load_config, merge_configs, resolve_config
-from utils.registry import ConfigError
+from trainer.build import resolve
+from utils.config import load_config, merge_configs
+from utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE = ROOT / "tests/fixtures/resolved_configs_before_inheritance.json"
-# Keys that may differ from the pre-inheritance snapshot, each for a documented reason (docs/methods.md).
+# Keys that may differ from the pre-inheritance snapshot, each for a documented reason.
 IGNORED_KEYS = {"description"}  # free text: it now points to docs/methods.md instead of a file users never had
+# Values deliberately added or changed since the snapshot: {config: {dotted key: new value}}.
+CBE_STAGE = {"stage": "cbe_calibration"}  # the calibration runs as a registered stage of train.py, not its own script
+INTENDED = {
+    "cifar100_ir100/cbe_calibration.json": CBE_STAGE,
+    "fmnist_ir100/cbe_calibration.json": CBE_STAGE,
+}
+
+
+def with_changes(config: dict, changes: dict) -> dict:
+    """A copy of ``config`` with dotted keys set to the given values."""
+    config = json.loads(json.dumps(config))
+    for dotted, value in changes.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return config
 
 
 def diff_keys(before, after, prefix=""):
@@ -72,7 +91,8 @@ def test_every_shipped_config_resolves_as_before_the_inheritance_move():
     assert set(before) <= set(shipped), f"configs removed: {sorted(set(before) - set(shipped))}"
     problems = {}
     for name, expected in before.items():
-        differences = diff_keys(expected, resolve_config(load_config(ROOT / "configs" / name)))
+        expected = with_changes(expected, INTENDED.get(name, {}))
+        differences = diff_keys(expected, resolve(load_config(ROOT / "configs" / name)))
         if differences:
             problems[name] = differences
     assert not problems, problems

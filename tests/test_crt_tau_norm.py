@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from data_loader.loader import BatchLoader
-from trainer.build import build_model
-from trainer.cli import train_main
-from trainer.evaluate import uniform_main
-from trainer.tau_norm import tau_normalize, tau_norm_main
+from methods.tau_norm import tau_normalize
+from tools.evaluate import uniform_main
+from tools.tau_norm import main as tau_norm_main
+from tools.train import main as train_main
+from trainer.build import build_model, resolve
 from trainer.trainer import Trainer
 from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.config import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official release")
@@ -58,9 +58,10 @@ def chi_square_uniform(labels, num_classes):
 
 
 def test_crt_trains_on_class_balanced_batches(crt_runs):
-    config = resolve_config(json.loads((crt_runs[1].parent / "config.json").read_text()))
+    config = resolve(json.loads((crt_runs[1].parent / "config.json").read_text()))
     trainer = Trainer(config, torch.device("cpu"), quiet=True)
-    assert trainer.frozen and all(n.startswith(("trunk.", "branch.")) for n in trainer.frozen)
+    frozen = [n for n, p in trainer.model.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith(("trunk.", "branch.")) for n in frozen)
     trainable = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert trainable == {id(p) for n, p in trainer.model.named_parameters() if n.startswith("head.")}
     loader = trainer.data.train_loader
@@ -83,14 +84,16 @@ def test_tau_normalize_known_matrix():
 
 def test_tau_norm_checkpoint_is_evaluable(crt_runs, tmp_path, capsys):
     source = crt_runs[1]
-    target = tmp_path / "taunorm.pth"
-    assert tau_norm_main(["-r", str(source), "--tau", "0.5", "--out", str(target)]) == 0
+    assert tau_norm_main(["-r", str(source), "--tau", "0.5", "--save_dir", str(tmp_path)]) == 0
+    target = last_checkpoint(tmp_path, "fmnist_ir100_crt_taunorm0.5")
     before, after = load_checkpoint(source), load_checkpoint(target)
     w = before["model"]["head.weight"]
     expected = torch.stack([torch.stack([w[e, c] / w[e, c].norm() ** 0.5 for c in range(w.shape[1])]) for e in range(w.shape[0])])
     assert torch.allclose(after["model"]["head.weight"], expected)
     assert torch.count_nonzero(after["model"]["head.bias"]) == 0
-    assert after["config"]["name"] == "fmnist_ir100_crt_taunorm0.5" and after["tau_norm"]["tau"] == 0.5
+    assert after["config"]["name"] == "fmnist_ir100_crt_taunorm0.5"
+    assert after["config"]["stage"] == {"type": "tau_norm", "args": {"tau": 0.5, "prefix": "head."}}
+    assert after["config"]["init_from"]["checkpoint"] == str(source) and after["cls_num_list"] == before["cls_num_list"]
     assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"] if not k.startswith("head."))
     assert uniform_main(["-r", str(target), "-d", "cpu"]) == 0
     assert "seed1" in capsys.readouterr().out
@@ -101,8 +104,9 @@ def test_tau_norm_rejects_cosine_heads(crt_runs, tmp_path, capsys):
     config["arch"]["args"]["use_norm"] = True
     model = build_model(config, 10, 1)
     path = save_checkpoint({"model": model.state_dict(), "config": config, "cls_num_list": [1] * 10}, tmp_path / "cos.pth")
-    assert tau_norm_main(["-r", str(path), "--tau", "0.7"]) == 2
+    assert tau_norm_main(["-r", str(path), "--tau", "0.7", "--save_dir", str(tmp_path / "out")]) == 2
     assert "cosine" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # rejected before any run directory is created
 
 
 def test_resuming_a_second_stage_does_not_need_the_first_stage_file(crt_runs, tmp_path):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import idx_bytes, write_fmnist
-from data_loader.datasets import DATASETS, DataNotFoundError, parse_idx_bytes, read_cifar
+from data_loader.datasets import DATASETS, parse_idx_bytes, read_cifar
+from utils.errors import DataNotFoundError
 from data_loader.profiles import lt_class_counts, shifted_prior_counts
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import image_list_config, write_config
-from trainer.cli import train_main
+from tools.train import main as train_main
 from trainer.distributed import context_from_env
 from utils.checkpoint import load_checkpoint
 

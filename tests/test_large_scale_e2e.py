@@ -10,10 +10,12 @@ import torch
 
 from conftest import ROOT, image_list_config, train_with_interrupt, write_config, write_image_lists
 from data_loader.profiles import IMAGENET_TEST_PRIORS
-from data_loader.test_priors import make_test_priors_main
-from trainer.cli import train_main
-from trainer.evaluate import TestData as EvalData, prepare, priors_main, uniform_main
-from trainer.test_time import aggregation_settings, model_view_batches
+from tools.make_test_priors import main as make_test_priors_main
+from tools.train import main as train_main
+from evaluation.runner import TestData as EvalData
+from evaluation.runner import prepare
+from tools.evaluate import priors_main, uniform_main
+from methods.sade import aggregation_settings, model_view_batches
 from utils.checkpoint import load_checkpoint
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.losses_baseline import effective_number_weights, ldam_margins
-from model.losses_ride import router_targets
+from model.losses.base import effective_number_weights, ldam_margins
+from model.losses.ride import router_targets
 from model.registry import LOSSES
 
 COUNTS = [60, 30, 10]

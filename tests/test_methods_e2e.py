@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from conftest import tiny_config, write_config
-from trainer.cli import train_main
-from trainer.evaluate import build_parser, run_test, uniform_main
-from trainer.flops import flops_main
+from tools.train import main as train_main
+from evaluation.runner import evaluate_uniform
+from tools.evaluate import build_parser, options_from_args, uniform_main
+from tools.flops import main as flops_main
 from utils.checkpoint import load_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -76,11 +77,12 @@ def test_distilled_student_trains_from_teacher_checkpoint(ride_runs):
 def test_distill_block_and_loss_must_agree(fmnist_dir, ride_runs, tmp_path, capsys):
     no_teacher = method_config(fmnist_dir, tmp_path, "no_teacher", loss={"type": "ride_distill", "args": {}})
     assert train(no_teacher, tmp_path)[0] == 2
-    assert "distils from a teacher" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "needs the model output(s) ['teacher_output']" in err and "add the config section 'distill'" in err
     unused = method_config(fmnist_dir, tmp_path, "unused", loss=RIDE_LOSS,
                            distill={"checkpoint": str(ride_runs["stage1"] / "last.pth")})
     assert train(unused, tmp_path)[0] == 2
-    assert "takes no teacher output" in capsys.readouterr().err
+    assert "'distill' adds ['teacher_output']" in capsys.readouterr().err
     missing = method_config(fmnist_dir, tmp_path, "missing", loss={"type": "ride_distill", "args": {}},
                             distill={"checkpoint": str(tmp_path / "nope" / "last.pth")})
     assert train(missing, tmp_path)[0] == 2
@@ -99,15 +101,20 @@ def test_router_stage_keeps_stage1_frozen(ride_runs):
 def test_router_evaluation_reports_experts_and_threshold(ride_runs, capsys):
     checkpoint = str(ride_runs["router"] / "last.pth")
     parser = build_parser("test", with_priors=False)
-    rows = {t: run_test(parser.parse_args(["-r", checkpoint, "-d", "cpu", "--router_threshold", str(t)]))[0]
+    rows = {t: evaluate_uniform(options_from_args(parser.parse_args(["-r", checkpoint, "-d", "cpu", "--router_threshold",
+                                                                     str(t)]), "test"))[0]
             for t in (0.0, 1.0)}
     out = capsys.readouterr().out
     assert "experts_mean" in out and "pct_1_experts" in out and "mmacs" in out
     assert rows[0.0]["experts_mean"] == 3.0 and rows[0.0]["pct_3_experts"] == 100.0
     assert rows[1.0]["experts_mean"] == 1.0 and rows[1.0]["pct_1_experts"] == 100.0
     assert rows[1.0]["mmacs"] < rows[0.0]["mmacs"] == pytest.approx(rows[0.0]["mmacs_all_experts"])
-    assert flops_main(["-r", checkpoint, "--router_threshold", "1.0"]) == 0
-    assert "expected MACs/image with 100.00 / 0.00 / 0.00 %" in capsys.readouterr().out
+    config = str(ride_runs["router"] / "config.json")
+    assert flops_main(["-c", config, "--experts_used", "100,0,0"]) == 0
+    out = capsys.readouterr().out
+    assert "expected MACs/image with 100.00 / 0.00 / 0.00 %" in out and "one router decision" in out
+    expected = float(out.split("(mean 1.000): ")[1].split(" G")[0]) * 1e3  # G -> M, as the test report
+    assert rows[1.0]["mmacs"] == pytest.approx(expected, abs=0.05)  # flops prints G with 4 decimals (0.1 M)
     assert uniform_main(["-r", str(ride_runs["stage1"]), "-d", "cpu", "--router_threshold", "0.7"]) == 2
     assert "needs a checkpoint whose model has a router" in capsys.readouterr().err
 

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from trainer.evaluator import log_test_prior, prior_reports, uniform_report
+from evaluation.posthoc import log_test_prior
+from evaluation.report import prior_reports, uniform_report
 from utils.metrics import accuracy_report, calibration_errors, group_accuracy, mean_std, per_class_accuracy, shot_masks
 from utils.tables import plot_priors, read_csv, render, seed_table, write_csv
 
@@ -55,7 +56,7 @@ def test_posthoc_correction_shifts_predictions_towards_test_prior():
     logits = torch.tensor([[0.0, 0.2]] * 10).unsqueeze(1)
     target = torch.tensor([0] * 9 + [1])
     masks = shot_masks([200, 200])
-    rows = prior_reports(logits, target, {"uniform": torch.arange(10)}, masks, posthoc=(False, True))
+    rows = prior_reports(logits, target, {"uniform": torch.arange(10)}, masks, posthoc=("none", "oracle"))
     plain, corrected = rows
     assert plain["all"] == pytest.approx(10.0)  # always predicts class 1
     assert corrected["all"] == pytest.approx(90.0)  # log(0.9) - log(0.1) = 2.2 > 0.2 flips every prediction to 0

@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from trainer.evaluator import prior_reports
-from trainer.prior_estimation import em_prior, source_prior, total_variation
+from evaluation.report import prior_reports
+from evaluation.hooks import PosthocContext
+from evaluation.prior_estimation import em_prior, source_prior, total_variation
 from utils.metrics import shot_masks
-from utils.registry import ConfigError
+from utils.errors import ConfigError
 
 
 def gaussian_log_likelihoods(test_prior, num=4000, seed=0):
@@ -52,11 +53,10 @@ def test_estimated_correction_rows_report_prior_tv_and_help_on_a_shifted_set():
     expert_logits = loglik.float().unsqueeze(1).repeat(1, 2, 1)  # two identical "experts"
     masks = shot_masks([500, 200, 50, 10, 5])
     subsets = {"shifted": torch.arange(len(labels))}
-    rows = prior_reports(expert_logits, labels, subsets, masks, ("none", "oracle", "estimate"),
-                         source_prior=torch.full((5,), 0.2, dtype=torch.float64))
+    context = PosthocContext([100] * 5, {"source_prior": "uniform"})  # balanced source: uniform prior 0.2 per class
+    rows = prior_reports(expert_logits, labels, subsets, masks, ("none", "oracle", "estimate"), context=context)
     none, oracle, estimate = rows
     assert [r["posthoc"] for r in rows] == ["none", "oracle", "estimate"]
     assert "prior_tv" in estimate and "prior_tv" not in oracle and estimate["prior_tv"] < 0.03
     assert estimate["all"] > none["all"] + 1.0
     assert abs(estimate["all"] - oracle["all"]) < 1.0
-    assert prior_reports(expert_logits, labels, subsets, masks, (True,))[0] == {**oracle}  # old boolean flag

@@ -5,7 +5,12 @@ import torchvision
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from model.registry import MODELS
-from trainer.build import init_from_checkpoint
+from trainer.sections import InitFrom
+
+
+def init_from_checkpoint(model, spec):
+    """Load (and freeze) like a run with an init_from section does."""
+    InitFrom(InitFrom.validate(spec, "init_from"), "init_from").load(model)
 from utils.checkpoint import CheckpointError
 from utils.flops import count_macs, count_parameters
 

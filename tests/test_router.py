@@ -5,13 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from evaluation.cost import ExpertCost, expert_cost
+from methods.ride import RouterCost, TeacherStudent, attach_router, experts_used_percentages
 from model.registry import MODELS
-from model.router import attach_router
-from trainer.cost import ExpertCost, expert_cost, experts_used_percentages
-from trainer.distill import TeacherStudent
-from trainer.flops import flops_main
+from tools.flops import main as flops_main
 from utils.flops import count_macs
-from utils.registry import ConfigError
+from utils.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ROUTER = {"type": "ride", "args": {"top_k": 5, "hidden_dim": 16}}
@@ -22,9 +21,15 @@ def tiny_resnet(experts: int):
                         num_classes=10)
 
 
+def with_router(model, block=ROUTER):
+    """The model with an arch.router extension attached (as the builder does)."""
+    model.add_extension("router", attach_router(model, block))
+    return model
+
+
 def tiny_router_model(seed: int = 0):
     torch.manual_seed(seed)
-    return attach_router(tiny_resnet(3), ROUTER)
+    return with_router(tiny_resnet(3))
 
 
 def test_router_logits_follow_the_decision_formula():
@@ -44,17 +49,17 @@ def first_decision(model, x):
     """sigmoid(u_0) per sample, computed from expert 0 in eval mode."""
     with torch.no_grad():
         feat = model.expert_features(model.trunk(x), 0)
-        logits = model.head(feat[:, None].expand(-1, model.num_experts, -1))[:, 0]
+        logits = model.head.forward_expert(feat, 0)  # as early exit computes it (bit-identical ties)
         return torch.sigmoid(model.router.decision(0, feat, logits))
 
 
 def test_early_exit_threshold_controls_experts_used():
     model = tiny_router_model().eval()
+    torch.manual_seed(0)
+    plain = tiny_resnet(3).eval()  # the same backbone weights without the router
     x = torch.randn(16, 3, 32, 32)
     with torch.no_grad():
-        router, model.router = model.router, None
-        all_experts = model(x)
-        model.router = router
+        all_experts = plain(x)
         means = []
         for threshold in (0.0, 0.25, 0.5, 0.75, 1.0):
             model.router.threshold = threshold
@@ -79,7 +84,7 @@ def test_early_exit_threshold_controls_experts_used():
 
 def test_router_config_errors():
     with pytest.raises(ConfigError, match="at least 2 experts"):
-        attach_router(tiny_resnet(1), ROUTER)
+        with_router(tiny_resnet(1))
     three = tiny_resnet(3)
     with pytest.raises(ConfigError, match="top_k must be in 1..10"):
         attach_router(three, {"type": "ride", "args": {"top_k": 30}})
@@ -111,13 +116,13 @@ DECISION = 16 * 16 + (16 + 5)                                             # h_k 
 
 def test_cost_model_matches_hand_counts():
     model = tiny_router_model()
-    cost = expert_cost(model, (3, 32, 32))
-    assert (cost.trunk, cost.branch, cost.heads, cost.router) == (TRUNK, BRANCH, HEADS, DECISION)
-    model.router = None
-    assert count_macs(model, (3, 32, 32)) == TRUNK + 3 * BRANCH + HEADS  # the parts add up to the full forward
+    parts = expert_cost(model, (3, 32, 32))
+    cost = RouterCost(parts, model.router.decision_macs(model))
+    assert (parts.trunk, parts.branch, parts.heads, cost.decision) == (TRUNK, BRANCH, HEADS, DECISION)
+    assert count_macs(tiny_resnet(3), (3, 32, 32)) == TRUNK + 3 * BRANCH + HEADS  # the parts add up to the forward
     one = TRUNK + BRANCH + HEADS / 3 + DECISION
     three = TRUNK + 3 * BRANCH + HEADS + 2 * DECISION
-    assert cost.with_experts(1) == pytest.approx(one) and cost.all_experts == pytest.approx(three)
+    assert cost.with_experts(1) == pytest.approx(one) and cost.with_experts(3) == pytest.approx(three)
     assert cost.expected([50, 0, 50]) == pytest.approx((one + three) / 2)
     with pytest.raises(ValueError, match="sum to 100"):
         cost.expected([50, 0, 40])
@@ -129,11 +134,11 @@ def test_flops_cli_prints_split_and_expected_cost(capsys):
     router_config = str(CONFIGS / "cifar100_ir100/ride_router.json")
     assert flops_main(["-c", router_config, "--experts_used", "40.99,9.47,49.54"]) == 0
     out = capsys.readouterr().out
-    # METHODS.md §2.1: 783,856 for 3 reduced experts; router: 2 x (48*16 + 16) + (16 + 30 + 1) = 1,615
+    # 783,856 parameters for 3 reduced experts (docs/methods.md); router: 2 x (48*16 + 16) + (16 + 30 + 1) = 1,615
     assert "parameters: 785,471 (router: 1,615)" in out
     assert "shared trunk" in out and "one expert branch" in out and "one router decision" in out
     assert "expected MACs/image with 40.99 / 9.47 / 49.54" in out
     assert flops_main(["-c", str(CONFIGS / "cifar100_ir100/ce.json")]) == 0
-    assert "parameters: 470,004" in capsys.readouterr().out  # 469,904 (§2.1, cosine head) + 100 linear-head biases
+    assert "parameters: 470,004" in capsys.readouterr().out  # 469,904 (cosine head) + 100 linear-head biases
     assert flops_main(["-c", router_config, "--experts_used", "40,10"]) == 2
     assert "one percentage per expert count" in capsys.readouterr().err

@@ -12,12 +12,12 @@ from data_loader.augment import AUGMENTS
 from data_loader.image_transforms import IMAGE_AUGMENTS
 from data_loader.profiles import lt_class_counts
 from data_loader.views import adjust_hue, gaussian_blur, hsv_to_rgb, random_resized_crop, rgb_to_hsv
-from model.losses_sade import inverse_prior
+from model.losses.sade import inverse_prior
 from model.registry import LOSSES
-from trainer.cli import train_main
-from trainer.evaluate import priors_main
-from trainer.test_time import TEST_TIME_DEFAULTS, learn_expert_weights, stability_loss
-from utils.registry import ConfigError
+from tools.train import main as train_main
+from tools.evaluate import priors_main
+from methods.sade import TEST_TIME_DEFAULTS, learn_expert_weights, stability_loss
+from utils.errors import ConfigError
 
 COUNTS = [60, 30, 10]
 LOGITS = torch.tensor([[[1.0, 2.0, 0.5], [0.2, -1.0, 0.3], [2.0, 0.0, -0.5]],

@@ -10,14 +10,14 @@ import torch
 
 from conftest import tiny_config
 from trainer.trainer import Trainer
-from utils.config import resolve_config
+from trainer.build import resolve
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official release")
 
 
 def one_step(cifar10_dir, tmp_path, dtype=torch.float64, **overrides):
     """Loss and parameter gradients of the first training step of the tiny config (same seed -> same init/data)."""
-    config = resolve_config(tiny_config(cifar10_dir, tmp_path, epochs=1, **overrides))
+    config = resolve(tiny_config(cifar10_dir, tmp_path, epochs=1, **overrides))
     trainer = Trainer(config, torch.device("cpu"), None, None, limit_batches=1, quiet=True)
     trainer.model.to(dtype)
     trainer.criterion.to(dtype)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import tiny_config, train_with_interrupt, write_config
-from trainer.cli import train_main
-from trainer.evaluate import priors_main, uniform_main
+from tools.train import main as train_main
+from tools.evaluate import priors_main, uniform_main
 from trainer.optim import warmup_step_factor
 from utils.checkpoint import load_checkpoint
 

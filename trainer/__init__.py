@@ -1,1 +1,1 @@
-"""Training loop, combiners, evaluation and the command-line entry points."""
+"""The engine: builder, extension points (hooks), the training loop and the other stages; it names no method."""

@@ -1,7 +1,11 @@
-"""Build every training object from a resolved config by registered name (shared by train, test and benchmark)."""
+"""Build every object of a run from a resolved config by registered name (shared by training, evaluation and tools).
+
+Nothing here names a method: model extensions (``arch.<key>``), config sections and stages are looked up in their
+registries (trainer/hooks.py), and their plugins register themselves.
+"""
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -9,50 +13,51 @@ import torch
 import torch.nn as nn
 
 import data_loader  # noqa: F401  (registers data sets, samplers, augmentations)
-from model.registry import LOSSES, MODELS, WEIGHT_FORMATS  # importing the package registers every entry
-from model.router import attach_router
+import model  # noqa: F401  (registers backbones and losses)
+from model.registry import LOSSES, MODEL_EXTENSIONS, MODELS
 from trainer.combiner import COMBINERS, Combiner
+from trainer.hooks import SECTIONS, STAGES, Section, build_sections, section_validators
 from trainer.optim import OPTIMIZERS, SCHEDULERS
-from utils.checkpoint import CheckpointError, load_checkpoint, strip_prefixes
-from utils.registry import ConfigError
+from utils.checkpoint import load_checkpoint, strip_prefixes
+from utils.config import resolve_config
+from utils.errors import CheckpointError, ConfigError
+from utils.registry import Registry
+
+ARCH_BLOCK_KEYS = ("type", "args")  # any other key of the arch block names a model extension
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """'cpu', 'cuda', 'cuda:1' or a GPU list '0,1' (sets CUDA_VISIBLE_DEVICES); default: GPU when available."""
-    if device and all(part.strip().isdigit() for part in device.split(",")):
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
-        device = "cuda"
-    if not device:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but no CUDA GPU is visible; use -d cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"-d/--device {device!r} is not a device: use cpu, cuda, cuda:N or a GPU list like 0,1") from None
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work so wall-clock timings are complete (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def resolve(config: dict[str, Any]) -> dict[str, Any]:
+    """Resolve a raw config (defaults, tau_list, registered sections) after importing its ``imports`` plugins."""
+    for module in config.get("imports", []) if isinstance(config, dict) else []:
+        if not isinstance(module, str):
+            raise ConfigError(f"'imports' must list module names (e.g. [\"my_methods.lws2\"]), got {module!r}")
+        Registry.add_plugin_package(module)
+    Registry.load_plugins()
+    return resolve_config(config, sections=section_validators())
 
 
 def build_model(config: dict[str, Any], num_classes: int, in_channels: int,
                 cls_num_list: Sequence[int] | None = None) -> nn.Module:
-    """The configured architecture plus the optional ``arch.router``; class count, input channels and training
-    counts come from the data set (architectures that do not take ``cls_num_list`` never see it)."""
+    """The configured architecture plus the extensions its ``arch`` block names; class count, input channels and
+    training counts come from the data set (architectures that do not take ``cls_num_list`` never see it)."""
+    arch = config["arch"]
     counts = {} if cls_num_list is None else {"cls_num_list": list(cls_num_list)}
-    model = MODELS.build(config["arch"], "arch", siblings=("router",), num_classes=num_classes, in_channels=in_channels,
-                         **counts)
-    if "router" in config["arch"]:
-        attach_router(model, config["arch"]["router"])
-    return model
+    extensions = [key for key in arch if key not in ARCH_BLOCK_KEYS] if isinstance(arch, dict) else []
+    for key in extensions:
+        MODEL_EXTENSIONS.get(key, where=f"arch.{key}")
+    net = MODELS.build(arch, "arch", siblings=tuple(extensions), num_classes=num_classes, in_channels=in_channels,
+                       **counts)
+    for key in extensions:
+        if not hasattr(net, "add_extension"):
+            raise ConfigError(f"arch.{key} needs a multi-expert backbone (resnet32, resnet50, ...), but arch.type "
+                              f"{arch['type']!r} builds {type(net).__name__}")
+        net.add_extension(key, MODEL_EXTENSIONS.get(key)(net, arch[key]))
+    return net
 
 
-def num_experts_of(model: nn.Module) -> int:
+def num_experts_of(net: nn.Module) -> int:
     """Number of experts of a (possibly wrapped) model."""
-    return int(getattr(getattr(model, "module", model), "num_experts", 1))
+    return int(getattr(getattr(net, "module", net), "num_experts", 1))
 
 
 def build_criterion(config: dict[str, Any], cls_num_list: Sequence[int], num_experts: int) -> nn.Module:
@@ -61,7 +66,24 @@ def build_criterion(config: dict[str, Any], cls_num_list: Sequence[int], num_exp
                         num_experts=num_experts)
 
 
-def parameter_groups(model: nn.Module, group_lr: dict[str, float]) -> list[dict[str, Any]]:
+def check_loss_inputs(criterion: nn.Module, net: nn.Module, sections: Sequence[Section]) -> None:
+    """Every extra input the loss needs must come from the model or a config section (fails before any work)."""
+    provided = set(getattr(net, "provides", ("output", "logits"))) | {k for s in sections for k in s.provides}
+    missing = [name for name in getattr(criterion, "extra_inputs", ()) if name not in provided]
+    if missing:
+        providers = [name for name, cls in SECTIONS.items() if set(missing) & set(cls.provides)]
+        hint = f"; add the config section {' or '.join(repr(p) for p in providers)}" if providers else ""
+        raise ConfigError(f"loss {type(criterion).__name__} needs the model output(s) {missing}, which neither the "
+                          f"model ({sorted(provided)}) nor a config section provides{hint}")
+    for section in sections:
+        unused = [k for k in section.provides if k not in getattr(criterion, "extra_inputs", ())]
+        if unused:
+            raise ConfigError(f"the config section '{section.name}' adds {unused} to the training step but the loss "
+                              f"{type(criterion).__name__} does not use it; remove '{section.name}' or use a loss "
+                              "that consumes it")
+
+
+def parameter_groups(net: nn.Module, group_lr: dict[str, float]) -> list[dict[str, Any]]:
     """Trainable parameters split by name prefix into groups with their own learning rate (rest: optimizer.args.lr).
 
     ``optimizer.group_lr`` = ``{"trunk.": 0.001, "branch.": 0.001}`` gives the backbone a smaller rate than the heads
@@ -69,24 +91,24 @@ def parameter_groups(model: nn.Module, group_lr: dict[str, float]) -> list[dict[
     """
     groups: dict[str, list[nn.Parameter]] = {prefix: [] for prefix in group_lr}
     rest = []
-    for name, param in model.named_parameters():
+    for name, param in net.named_parameters():
         if param.requires_grad:
             prefix = next((p for p in group_lr if name.startswith(p)), None)
             (groups[prefix] if prefix is not None else rest).append(param)
     unused = [p for p, params in groups.items() if not params]
     if unused:
         raise ConfigError(f"optimizer.group_lr prefix(es) {unused} match no trainable parameter; names start with "
-                          f"{sorted({n.split('.')[0] + '.' for n, _ in model.named_parameters()})}")
+                          f"{sorted({n.split('.')[0] + '.' for n, _ in net.named_parameters()})}")
     return [{"params": rest}] + [{"params": params, "lr": float(group_lr[p])} for p, params in groups.items()]
 
 
-def build_optimizer(config: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(config: dict[str, Any], net: nn.Module) -> torch.optim.Optimizer:
     """The configured optimizer over all trainable parameters (per-prefix learning rates from ``optimizer.group_lr``)."""
     group_lr = config["optimizer"].get("group_lr", {})
     if not isinstance(group_lr, dict) or not all(isinstance(v, (int, float)) for v in group_lr.values()):
         raise ConfigError(f"optimizer.group_lr must map parameter-name prefixes to learning rates, got {group_lr!r}")
     return OPTIMIZERS.build(config["optimizer"], "optimizer", siblings=("group_lr",),
-                            params=parameter_groups(model, group_lr))
+                            params=parameter_groups(net, group_lr))
 
 
 def build_scheduler(config: dict[str, Any], optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -102,68 +124,67 @@ def build_combiner(config: dict[str, Any], epoch: int | None = None) -> Combiner
     return COMBINERS.build(config.get("combiner", "default"), "combiner")
 
 
-def load_stage_checkpoint(path: str, key: str) -> dict[str, Any]:
+def stage_block(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``stage`` block as ``{"type", "args"}`` ("sgd" when absent)."""
+    block = config.get("stage", "sgd")
+    return {"type": block, "args": {}} if isinstance(block, str) else block
+
+
+def stage_class(config: dict[str, Any]) -> type:
+    """The registered stage class that runs this config."""
+    return STAGES.get(stage_block(config).get("type"), where="stage.type")
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory meaning its last.pth."""
+    return Path(path) / "last.pth" if Path(path).is_dir() else Path(path)
+
+
+def load_stage_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
     """Load the checkpoint an earlier stage wrote (a run directory means its last.pth); a missing file names the key."""
     try:
-        return load_checkpoint(Path(path) / "last.pth" if Path(path).is_dir() else path)
+        return load_checkpoint(checkpoint_path(path))
     except CheckpointError as exc:
         raise CheckpointError(f"{key}: {exc}. Train the earlier stage first and point to its checkpoint, "
                               f"e.g. --set {key}=saved/<name>/seed<seed>-<time>/last.pth") from None
 
 
-@WEIGHT_FORMATS.register("framework")
-def framework_weights(path: str, model: nn.Module) -> dict[str, Any]:
-    """Weights of a checkpoint written by this framework's trainer (a run directory means its last.pth)."""
-    return strip_prefixes(load_stage_checkpoint(path, "init_from.checkpoint")["model"])
+def load_weights(net: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load of a checkpoint's weights (wrapper prefixes stripped); a mismatch names the file and the cause."""
+    try:
+        net.load_state_dict(strip_prefixes(state_dict))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: the weights do not fit the model its config describes (different "
+                              f"arch.args, class count or data set?): {str(exc).splitlines()[0]}") from None
 
 
-INIT_FROM_KEYS = {"checkpoint": str, "exclude": list, "freeze": list, "strict": bool, "format": str}
+def input_channels(config: dict[str, Any]) -> int:
+    """Image channels of the configured data set (known without reading files)."""
+    from data_loader.datasets import dataset_info
+    from data_loader.factory import split_loader_args
+
+    dataset_args, _ = split_loader_args(config["data_loader"])
+    return int(dataset_info(config["data_loader"]["type"], dataset_args)["image_shape"][0])
 
 
-def init_from_checkpoint(model: nn.Module, spec: dict[str, Any], load: bool = True) -> list[str]:
-    """Load weights of an earlier stage (minus ``exclude`` prefixes) and freeze ``freeze`` prefixes.
+def model_from_checkpoint(state: dict[str, Any], source: str,
+                          overrides: Sequence[tuple[str, Any]] = ()) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a checkpoint's model from its own (resolved) config and load its weights strictly.
 
-    Used by two-stage methods (cRT, RIDE's router, Class-Balanced Experts): ``{"checkpoint": path, "exclude":
-    ["head."], "freeze": ["trunk.", "branch."]}``. ``format`` (default ``framework``) names how the file maps onto
-    the model, e.g. ``torchvision_resnet`` for an ImageNet-pretrained torchvision ResNet (Places-LT). With
-    ``load=False`` (resuming: the weights come from the run's own checkpoint) only the freezing is applied, so the
-    earlier stage's file need not exist any more. Returns the names of the frozen parameters.
+    ``overrides`` (dotted key, value) adjust the stored config first (e.g. a router threshold at test time).
+    Returns the model (CPU, eval mode) and the resolved config. The one way the evaluator, teachers and tools
+    turn a checkpoint back into a network.
     """
-    unknown = set(spec) - set(INIT_FROM_KEYS)
-    if unknown or "checkpoint" not in spec:
-        raise ConfigError(f"init_from needs 'checkpoint' and accepts {', '.join(INIT_FROM_KEYS)}; got {sorted(spec)}")
-    if load:
-        load_initial_weights(model, spec)
-    frozen = []
-    for name, param in model.named_parameters():
-        if name.startswith(tuple(spec.get("freeze", []))):
-            param.requires_grad_(False)
-            frozen.append(name)
-    return frozen
+    from utils.config import set_by_path
 
-
-def load_initial_weights(model: nn.Module, spec: dict[str, Any]) -> None:
-    """Copy the ``init_from`` checkpoint's weights (minus ``exclude`` prefixes) into ``model``."""
-    exclude = tuple(spec.get("exclude", []))
-    reader = WEIGHT_FORMATS.get(spec.get("format", "framework"), where="init_from.format")
-    weights = {k: v for k, v in reader(spec["checkpoint"], model).items() if not k.startswith(exclude)}
-    own = model.state_dict()
-    mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
-    if mismatched:
-        raise ConfigError(f"init_from.checkpoint {spec['checkpoint']}: shapes differ for {', '.join(mismatched[:5])} "
-                          "(different arch.args? add the prefixes to init_from.exclude to re-initialise them)")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if not k.startswith(exclude)]
-    if spec.get("strict", False) and (missing or unexpected):
-        raise ConfigError(f"init_from.checkpoint {spec['checkpoint']}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
-def frozen_batchnorm_to_eval(model: nn.Module) -> None:
-    """Put BN layers whose affine parameters are all frozen in eval mode (their running statistics stay fixed)."""
-    for module in model.modules():
-        params = list(module.parameters(recurse=False))
-        if "BatchNorm" in type(module).__name__ and params and not any(p.requires_grad for p in params):
-            module.eval()
+    config = json.loads(json.dumps(state["config"]))
+    for key, value in overrides:
+        set_by_path(config, key, value)
+    config = resolve(config)
+    counts = list(state["cls_num_list"])
+    net = build_model(config, len(counts), input_channels(config), counts)
+    load_weights(net, state["model"], source)
+    return net.eval(), config
 
 
 def build_without_data(config: dict[str, Any]) -> dict[str, Any]:
@@ -177,9 +198,13 @@ def build_without_data(config: dict[str, Any]) -> dict[str, Any]:
     DATASETS.validate_args(name, dataset_args, "data_loader.args", code_supplied={"split"})
     info = dataset_info(name, dataset_args)
     counts = info["cls_num_list"]
-    model = build_model(config, info["num_classes"], info["image_shape"][0], counts)
-    criterion = build_criterion(config, counts, num_experts_of(model))
-    optimizer = build_optimizer(config, model)
+    net = build_model(config, info["num_classes"], info["image_shape"][0], counts)
+    sections = build_sections(config)
+    criterion = build_criterion(config, counts, num_experts_of(net))
+    check_loss_inputs(criterion, net, sections)
+    stage_class(config).validate_config(config)
+    optimizer = build_optimizer(config, net)
     augment = build_augment(info.get("loader", "tensor"), loader_args, info["image_shape"][-1])
-    return {"model": model, "criterion": criterion, "optimizer": optimizer, "scheduler": build_scheduler(config, optimizer),
-            "combiner": build_combiner(config), "augment": augment, "image_shape": info["image_shape"], "cls_num_list": counts}
+    return {"model": net, "criterion": criterion, "optimizer": optimizer, "scheduler": build_scheduler(config, optimizer),
+            "combiner": build_combiner(config), "augment": augment, "image_shape": info["image_shape"],
+            "cls_num_list": counts, "sections": sections}

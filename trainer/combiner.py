@@ -9,7 +9,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from model.loss import LossOutput
+from model.losses.base import LossOutput
+from utils.errors import ConfigError
 from utils.registry import Registry
 
 COMBINERS = Registry("combiner")
@@ -30,8 +31,8 @@ def compute_loss(criterion: Callable[..., LossOutput], output: dict[str, torch.T
     names = getattr(criterion, "extra_inputs", ())
     missing = [name for name in names if name not in output]
     if missing:
-        raise ValueError(f"loss {type(criterion).__name__} needs the model output(s) {missing}, but the model returned "
-                         f"{sorted(output)} (teacher_output needs a 'distill' config block, router_logits an arch.router)")
+        raise ConfigError(f"loss {type(criterion).__name__} needs the model output(s) {missing}, but the training step "
+                          f"returned {sorted(output)}; add the config section or model extension that provides them")
     return criterion(output["logits"], target, **{name: output[name] for name in names})
 
 
@@ -57,7 +58,7 @@ class Combiner:
 
 
 class MixCombiner(Combiner):
-    """Mix each batch with a permutation of itself and mix the two losses with the same lambda (METHODS.md §3.10)."""
+    """Mix each batch with a permutation of itself and mix the two losses with the same lambda (docs/methods.md, mixup)."""
 
     def __init__(self, alpha: float = 0.0, cutmix_alpha: float = 0.0, mixup_prob: float = 1.0) -> None:
         self.alpha, self.cutmix_alpha, self.mixup_prob = alpha, cutmix_alpha, mixup_prob

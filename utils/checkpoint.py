@@ -9,11 +9,9 @@ from typing import Any
 
 import torch
 
+from utils.errors import CheckpointError
+
 CHECKPOINT_VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated or not in this framework's format; the message says what to do."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:

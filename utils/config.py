@@ -1,19 +1,22 @@
-"""JSON config loading, dotted-path overrides and one-time resolution of derived values (tau_list)."""
+"""JSON config loading (with ``_base_`` inheritance), dotted-path overrides and one-time resolution of derived
+values (tau_list). Method-owned top-level sections (e.g. ``distill``) are validated by whoever registers them:
+``resolve_config`` receives them as ``sections``."""
 from __future__ import annotations
 
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Mapping
 
-from utils.registry import ConfigError
+from utils.errors import ConfigError
 
-# Top-level sections a config may contain; anything else is almost certainly a typo.
-TOP_LEVEL_KEYS = {
+# Top-level keys every config may contain; other keys must be sections registered by a method (or are typos).
+CORE_KEYS = {
     "name": str, "seed": int, "n_gpu": int, "arch": dict, "data_loader": dict, "loss": dict,
     "optimizer": dict, "lr_scheduler": dict, "combiner": dict, "finetuning_combiner": dict,
-    "trainer": dict, "evaluation": dict, "distill": dict, "init_from": dict, "description": str,
-    "ensemble": dict,  # Class-Balanced Experts calibration: {"checkpoints": [many, medium, few]}
+    "trainer": dict, "evaluation": dict, "description": str,
+    "stage": (dict, str),  # how the run trains: {"type": "sgd"} (default) or a registered non-SGD stage
+    "imports": list,       # extra plugin modules to import before building (your own methods)
 }
 REQUIRED_KEYS = ("name", "arch", "data_loader", "loss", "optimizer", "trainer")
 
@@ -37,7 +40,7 @@ EVALUATION_DEFAULTS: dict[str, Any] = {
     "few_threshold": 20,       # few-shot: n_c < few_threshold
     "test_batch_size": 512,
     "source_prior": "uniform",  # prior the model's posteriors assume (EM test-prior estimation): uniform | train | train^g
-    "test_time": {},           # SADE test-time aggregation settings (trainer/test_time.py TEST_TIME_DEFAULTS)
+    "test_time": {},           # settings of the test-time procedure (e.g. SADE's aggregation, methods/sade.py)
 }
 
 
@@ -186,44 +189,81 @@ def expand_tau_list(spec: Any, num_experts: int, tau_min: float | None, tau_max:
     return [float(v) for v in spec]
 
 
-def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Validate the top level, fill defaults and expand derived values once; returns a new dict."""
+SectionValidator = Callable[[Any, dict[str, Any]], Any]
+
+
+def resolve_config(config: dict[str, Any], sections: Mapping[str, SectionValidator] | None = None) -> dict[str, Any]:
+    """Validate the top level, fill defaults and expand derived values once; returns a new dict.
+
+    ``sections`` maps the extra top-level keys a method owns to a validator ``(block, config) -> block``.
+    """
     config = copy.deepcopy(config)
-    unknown = sorted(set(config) - set(TOP_LEVEL_KEYS))
+    if not isinstance(config, dict):
+        raise ConfigError(f"a config must be a JSON object, got {type(config).__name__}")
+    sections = dict(sections or {})
+    unknown = sorted(set(config) - set(CORE_KEYS) - set(sections))
     if unknown:
-        raise ConfigError(f"unknown top-level config key(s): {', '.join(unknown)}. Valid keys: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+        raise ConfigError(f"unknown top-level config key(s): {', '.join(unknown)}. "
+                          f"Valid keys: {', '.join(sorted(set(CORE_KEYS) | set(sections)))}")
     missing = [k for k in REQUIRED_KEYS if k not in config]
     if missing:
         raise ConfigError(f"config is missing required section(s): {', '.join(missing)}")
-    for key, kind in TOP_LEVEL_KEYS.items():
-        if key in config and not isinstance(config[key], kind) or (kind is int and isinstance(config.get(key), bool)):
-            raise ConfigError(f"top-level '{key}' must be a {kind.__name__}, got {config[key]!r}")
+    for key, kind in CORE_KEYS.items():
+        if key in config and (not isinstance(config[key], kind) or (kind is int and isinstance(config[key], bool))):
+            kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise ConfigError(f"top-level '{key}' must be a {kinds}, got {config[key]!r}")
     config.setdefault("seed", 1)
     config.setdefault("n_gpu", 1)
+    _fill_defaults(config, "trainer", TRAINER_DEFAULTS)
     trainer = config["trainer"]
-    unknown = sorted(set(trainer) - set(TRAINER_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown key(s) trainer.{', trainer.'.join(unknown)}. Valid keys: {', '.join(sorted(TRAINER_DEFAULTS))}")
-    for key, default in TRAINER_DEFAULTS.items():
-        trainer.setdefault(key, default)
-        if key == "compile" and isinstance(trainer[key], str):
-            continue
-        if not _same_kind(default, trainer[key]) or (isinstance(default, int) and isinstance(trainer[key], float)):
-            raise ConfigError(f"'trainer.{key}' must be of type {type(default).__name__}, got {trainer[key]!r}")
     if trainer["amp"] not in ("off", "bf16", "fp16"):
         raise ConfigError(f"trainer.amp must be 'off', 'bf16' or 'fp16', got {trainer['amp']!r}")
-    evaluation = config.setdefault("evaluation", {})
-    unknown = sorted(set(evaluation) - set(EVALUATION_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown key(s) evaluation.{', evaluation.'.join(unknown)}. Valid keys: {', '.join(EVALUATION_DEFAULTS)}")
-    for key, default in EVALUATION_DEFAULTS.items():
-        evaluation.setdefault(key, copy.deepcopy(default))
+    _fill_defaults(config.setdefault("evaluation", {}), None, EVALUATION_DEFAULTS, where="evaluation")
     loss_args = config["loss"].setdefault("args", {})
     if "tau_list" in loss_args:
-        num_experts = int(get_by_path(config, "arch.args.num_experts", 1))
+        num_experts = get_by_path(config, "arch.args.num_experts", 1)
+        if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
+            raise ConfigError(f"arch.args.num_experts must be an integer >= 1, got {num_experts!r}")
         loss_args["tau_list"] = expand_tau_list(
             loss_args["tau_list"], num_experts, config["loss"].get("tau_min"), config["loss"].get("tau_max")
         )
+    for key, validate in sections.items():
+        if key in config:
+            config[key] = validate(config[key], config)
+    return config
+
+
+def _fill_defaults(config: dict[str, Any], key: str | None, defaults: dict[str, Any], where: str | None = None) -> None:
+    """Check the keys and value kinds of ``config[key]`` (or ``config`` itself) against ``defaults`` and fill gaps."""
+    block = config[key] if key is not None else config
+    where = where or key
+    unknown = sorted(set(block) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {where}.{f', {where}.'.join(unknown)}. Valid keys: {', '.join(sorted(defaults))}")
+    for name, default in defaults.items():
+        block.setdefault(name, copy.deepcopy(default))
+        value = block[name]
+        if name == "compile" and isinstance(value, str):
+            continue
+        if not _same_kind(default, value) or (isinstance(default, int) and isinstance(value, float)):
+            raise ConfigError(f"'{where}.{name}' must be of type {type(default).__name__}, got {value!r}")
+
+
+def parse_set_items(items: Iterable[str], flag: str = "--set") -> list[tuple[str, Any]]:
+    """``["a.b=1", "c=[1,2]"]`` -> ``[("a.b", 1), ("c", [1, 2])]`` (values parsed as JSON when they are JSON)."""
+    pairs = []
+    for item in items:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE (e.g. {flag} trainer.epochs=5), got {item!r}")
+        key, value = item.split("=", 1)
+        pairs.append((key.strip(), parse_cli_value(value)))
+    return pairs
+
+
+def apply_overrides(config: dict[str, Any], pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Set every dotted key of ``pairs`` in ``config`` (in place; returns it)."""
+    for key, value in pairs:
+        set_by_path(config, key, value)
     return config
 
 

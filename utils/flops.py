@@ -1,6 +1,6 @@
 """Multiply-accumulate counting by tracing aten ops (convolutions and matrix products) of one forward pass.
 
-``python -m utils.flops -c CONFIG`` prints parameters and MACs per image (CLI in trainer/flops.py).
+``python -m tools.flops -c CONFIG`` prints parameters and MACs per image of a config.
 """
 from __future__ import annotations
 
@@ -34,10 +34,3 @@ def count_parameters(model: torch.nn.Module) -> int:
     """Number of parameters (trainable or not)."""
     return sum(p.numel() for p in model.parameters())
 
-
-if __name__ == "__main__":
-    import sys
-
-    from trainer.flops import flops_main
-
-    sys.exit(flops_main())

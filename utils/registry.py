@@ -1,14 +1,19 @@
-"""Name -> constructor registries with config validation (one registry per kind of object)."""
+"""Name -> constructor registries with config validation (one registry per kind of object).
+
+Plugin packages (``Registry.add_plugin_package``, e.g. the project's ``methods`` package or a user's module named in
+a config's ``imports``) are imported on the first look-up of any registry, so whatever they register is found
+without the caller importing them.
+"""
 from __future__ import annotations
 
+import collections.abc
 import difflib
+import importlib
 import inspect
 import typing
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown or of the wrong type; the message names the key and the fix."""
+from utils.errors import ConfigError
 
 
 def _close_matches(name: str, valid: Iterable[str]) -> str:
@@ -39,7 +44,7 @@ def value_matches(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
-    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
             return False
         args = typing.get_args(hint)
@@ -54,9 +59,35 @@ def value_matches(value: Any, hint: Any) -> bool:
 class Registry:
     """Maps names to constructors; builds objects from ``{"type": name, "args": {...}}`` config blocks."""
 
+    _plugin_packages: ClassVar[list[str]] = []
+    _plugins_loaded: ClassVar[set[str]] = set()
+
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Callable[..., Any]] = {}
+
+    @classmethod
+    def add_plugin_package(cls, module: str) -> None:
+        """Import ``module`` (a package of plugins that register themselves) before the next look-up."""
+        if module not in cls._plugin_packages:
+            cls._plugin_packages.append(module)
+
+    @classmethod
+    def load_plugins(cls) -> None:
+        """Import every plugin package not imported yet (a missing user module is a ConfigError)."""
+        for module in list(cls._plugin_packages):
+            if module in cls._plugins_loaded:
+                continue
+            cls._plugins_loaded.add(module)  # before importing: a plugin may look things up while it registers
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name != module.split(".")[0] and exc.name != module:
+                    raise
+                cls._plugins_loaded.discard(module)
+                cls._plugin_packages.remove(module)
+                raise ConfigError(f"plugin module {module!r} (config 'imports') cannot be imported: {exc}; "
+                                  "put its folder on PYTHONPATH or fix the name") from None
 
     def register(self, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering a class or function under ``name`` (default: its ``__name__``)."""
@@ -72,13 +103,23 @@ class Registry:
 
     def names(self) -> list[str]:
         """All registered names, sorted."""
+        self.load_plugins()
         return sorted(self._entries)
 
+    def items(self) -> list[tuple[str, Callable[..., Any]]]:
+        """(name, entry) pairs in registration order."""
+        self.load_plugins()
+        return list(self._entries.items())
+
     def __contains__(self, name: str) -> bool:
+        self.load_plugins()
         return name in self._entries
 
     def get(self, name: str, where: str = "type") -> Callable[..., Any]:
         """Look a name up; unknown names raise ConfigError listing every valid name."""
+        self.load_plugins()
+        if not isinstance(name, str):
+            raise ConfigError(f"'{where}' must be a name (one of: {', '.join(self.names())}), got {name!r}")
         if name not in self._entries:
             raise ConfigError(
                 f"unknown {self.kind} {name!r} at '{where}'.{_close_matches(name, self._entries)} "

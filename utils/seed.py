@@ -1,11 +1,29 @@
 """Seeding and counter-based random streams, so every random draw is a pure function of (seed, epoch, step)."""
 from __future__ import annotations
 
+import enum
 import random
 from typing import Any
 
 import numpy as np
 import torch
+
+
+class Stream(enum.IntEnum):
+    """Purpose tags of the counter-based random streams: (seed, epoch, step, Stream.X) never collide across uses.
+
+    The values are part of what a seed means (changing one changes every result drawn from it): only append.
+    """
+
+    ORDER = 1              # training order of an epoch (samplers)
+    AUGMENT = 2            # batch / per-image training augmentation
+    COMBINER = 3           # mixup / CutMix permutation and lambda
+    HOLDOUT = 11           # held-out validation part of a training split
+    OPEN = 12              # "other" images of a class-group view
+    VIEW_ORDER = 21        # test-time views: order of the test images
+    VIEW1 = 22             # test-time views: first view
+    VIEW2 = 23             # test-time views: second view
+    CALIBRATION_ORDER = 31  # order of cached logits in a calibration stage
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -1,0 +1,55 @@
+"""Post-hoc corrections of the ensemble logits for a shifted test prior (docs/methods.md, evaluation protocol).
+
+* ``none``: the logits as they are.
+* ``oracle``: add log q_c, the empirical class prior of the test set itself (BalPoE's "known test prior"; classes
+  absent from the test set get -inf and are never predicted).
+* ``estimate``: add log q_est - log pi_source with q_est estimated by EM from the unlabeled predictions
+  (evaluation.source_prior says which prior the posteriors assume); adds ``prior_tv``, the total-variation distance
+  of the estimate to the true test prior.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from evaluation.hooks import POSTHOC, PosthocContext
+from evaluation.prior_estimation import estimated_prior_shift, source_prior, total_variation
+
+
+def empirical_prior(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """q_c = m_c / sum_j m_j of a test set's labels (float64)."""
+    counts = torch.bincount(targets, minlength=num_classes).double()
+    return counts / counts.sum()
+
+
+def log_test_prior(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """log q_c of a test set's empirical class prior (-inf for absent classes, which are then never predicted)."""
+    return torch.log(empirical_prior(targets, num_classes))
+
+
+@POSTHOC.register("none")
+def no_correction(logits: torch.Tensor, targets: torch.Tensor, context: PosthocContext) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The logits unchanged."""
+    return logits, {}
+
+
+@POSTHOC.register("oracle")
+def oracle_prior(logits: torch.Tensor, targets: torch.Tensor, context: PosthocContext) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Add the log empirical prior of the test set (the true test prior)."""
+    return logits + log_test_prior(targets, logits.shape[1]).to(logits.device), {}
+
+
+oracle_prior.caption = " with posthoc bias correction (log test prior added)"  # type: ignore[attr-defined]
+
+
+@POSTHOC.register("estimate")
+def estimated_prior(logits: torch.Tensor, targets: torch.Tensor, context: PosthocContext) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Add log q_est - log pi_source (EM estimate from the unlabeled predictions) and report its TV distance."""
+    source = source_prior(context.evaluation["source_prior"], context.cls_num_list)
+    shift, estimate = estimated_prior_shift(logits, source)
+    tv = total_variation(estimate, empirical_prior(targets, logits.shape[1]).to(estimate.device))
+    return logits + shift.to(logits.device), {"prior_tv": tv}
+
+
+estimated_prior.caption = " with posthoc bias correction (EM-estimated test prior)"  # type: ignore[attr-defined]

@@ -1,0 +1,57 @@
+"""Unknown test prior: EM estimation from unlabeled predictions (Saerens, Latinne & Decaestecker, 2002).
+
+The model's posteriors p_s(y|x) are assumed calibrated for a source prior pi_s ("uniform" for balanced ensembles
+such as BalPoE's, "train" for plain cross-entropy models, "train^g" in between; configurable as
+``evaluation.source_prior``). EM
+alternates p(y|x) ∝ (q_y / pi_s,y) p_s(y|x) and q_y = mean_x p(y|x), starting from q = pi_s; the logits are then
+re-targeted by adding log q - log pi_s.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from utils.errors import ConfigError
+
+
+def source_prior(spec: Any, cls_num_list: Sequence[int]) -> torch.Tensor:
+    """The assumed source prior (float64): 'uniform', 'train' (n_c / N) or 'train^g' (pi_train ** g, renormalised)."""
+    counts = torch.as_tensor(list(cls_num_list), dtype=torch.float64)
+    exponents = {"uniform": 0.0, "train": 1.0}
+    try:
+        if isinstance(spec, str) and spec.startswith("train^"):
+            exponents[spec] = float(spec[len("train^"):])
+        exponent = exponents[spec]
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"evaluation.source_prior must be 'uniform', 'train' or 'train^g' (training prior to the power "
+                          f"g, e.g. 'train^0.5'), got {spec!r}; e.g. --set evaluation.source_prior=train") from None
+    prior = (counts / counts.sum()) ** exponent
+    return prior / prior.sum()
+
+
+def em_prior(probs: torch.Tensor, source: torch.Tensor, max_iter: int = 1000, tol: float = 1e-8) -> torch.Tensor:
+    """EM estimate of the test prior from posteriors ``probs`` (N, C) that are calibrated for prior ``source`` (C,)."""
+    probs, source = probs.double(), source.double().to(probs.device)
+    estimate, safe_source = source.clone(), source.clamp_min(torch.finfo(torch.float64).tiny)
+    for _ in range(max_iter):
+        adjusted = probs * (estimate / safe_source)
+        updated = (adjusted / adjusted.sum(dim=1, keepdim=True)).mean(dim=0)
+        converged = float((updated - estimate).abs().max()) < tol
+        estimate = updated
+        if converged:
+            break
+    return estimate
+
+
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
+    """Total-variation distance 0.5 * sum |p - q| between two distributions."""
+    return 0.5 * float((p.double() - q.double()).abs().sum())
+
+
+def estimated_prior_shift(logits: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log q_est - log pi_s to add to the logits, q_est) for ensemble logits (N, C)."""
+    estimate = em_prior(F.softmax(logits.double(), dim=1), source)
+    tiny = torch.finfo(torch.float64).tiny
+    return torch.log(estimate.clamp_min(tiny)) - torch.log(source.double().clamp_min(tiny)), estimate

@@ -1,0 +1,78 @@
+"""Reports from logits: uniform-test metrics, per-test-prior accuracies (post-hoc corrections, aggregation
+weights) and the validation metrics logged during training."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import evaluation.posthoc  # noqa: F401  (registers the built-in post-hoc corrections)
+from data_loader.loader import BatchLoader
+from evaluation.hooks import AGGREGATIONS, POSTHOC, PosthocContext
+from evaluation.logits import collect_logits
+from utils.metrics import accuracy_report, brier_score, calibration_errors, negative_log_likelihood, shot_masks
+
+
+def masks_for(cls_num_list: Sequence[int], evaluation: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Many/medium/few class masks from training counts and the configured thresholds."""
+    return shot_masks(cls_num_list, evaluation.get("many_threshold", 100), evaluation.get("few_threshold", 20))
+
+
+def uniform_report(expert_logits: torch.Tensor, targets: torch.Tensor, masks: dict[str, torch.Tensor],
+                   n_bins: int = 15) -> dict[str, float]:
+    """Top-1 all/many/medium/few, ECE/MCE, NLL, Brier of the ensemble plus each expert's top-1 (all in percent)."""
+    mean_logits = expert_logits.mean(dim=1)
+    report = accuracy_report(mean_logits, targets, masks)
+    probs = F.softmax(mean_logits.double(), dim=1)
+    report.update(calibration_errors(probs, targets, n_bins))
+    report["nll"] = negative_log_likelihood(mean_logits, targets)
+    report["brier"] = brier_score(probs, targets)
+    for e in range(expert_logits.shape[1]):
+        report[f"expert{e}"] = 100.0 * float((expert_logits[:, e].argmax(1) == targets).double().mean())
+    return report
+
+
+def ensemble_logits(expert_logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Aggregate per-expert logits (N, E, C) -> (N, C): the plain mean, or sum_k w_k z_k for given weights (E,)."""
+    if weights is None:
+        return expert_logits.mean(dim=1)
+    return torch.einsum("nec,e->nc", expert_logits, weights.to(expert_logits.device, expert_logits.dtype))
+
+
+@AGGREGATIONS.register("mean")
+def mean_aggregation(run: Any, data: Any, subsets: dict[str, torch.Tensor]) -> None:
+    """The plain mean of the expert logits (what every model predicts by default)."""
+    return None
+
+
+def prior_reports(expert_logits: torch.Tensor, targets: torch.Tensor, subsets: dict[str, torch.Tensor],
+                  masks: dict[str, torch.Tensor], posthoc: Iterable[str] = ("none",),
+                  weights: dict[str, torch.Tensor] | None = None,
+                  context: PosthocContext | None = None) -> list[dict[str, Any]]:
+    """many/medium/few/all per test prior (index subset) for each post-hoc correction (evaluation/posthoc.py).
+
+    ``weights`` (prior -> (E,)) replaces the plain expert mean (test-time aggregation; rows gain ``w0..w{E-1}``).
+    """
+    context = context or PosthocContext([], {})
+    rows = []
+    for mode in posthoc:
+        correct = POSTHOC.get(mode, where="posthoc correction")
+        for prior, idx in subsets.items():
+            weight = weights[prior] if weights else None
+            target = targets[idx]
+            logits, extra = correct(ensemble_logits(expert_logits[idx].double(), weight), target, context)
+            if weight is not None:
+                extra.update({f"w{e}": float(w) for e, w in enumerate(weight.tolist())})
+            rows.append({"prior": prior, "posthoc": mode, **accuracy_report(logits, target, masks), "n_images": len(idx), **extra})
+    return rows
+
+
+def validation_metrics(model: nn.Module, loader: BatchLoader, masks: dict[str, torch.Tensor], amp: str = "off") -> dict[str, float]:
+    """Metrics logged during training: accuracy all/many/medium/few and CE of the mean logits on the test loader."""
+    expert_logits, targets = collect_logits(model, loader, amp)
+    mean_logits = expert_logits.mean(dim=1)
+    report = accuracy_report(mean_logits, targets, masks)
+    return {"val_accuracy": report["all"], "val_many": report["many"], "val_medium": report["medium"],
+            "val_few": report["few"], "val_loss": negative_log_likelihood(mean_logits, targets)}

@@ -1,0 +1,253 @@
+"""The evaluation of checkpoints behind test.py and test_all_*.py: checkpoints -> logits once -> rows, tables, files.
+
+Command-line parsing lives in tools/evaluate.py; this module takes an :class:`EvalOptions`.
+"""
+from __future__ import annotations
+
+import glob
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from data_loader.factory import DataBundle, build_data, split_loader_args
+from data_loader.profiles import parse_test_prior
+from evaluation.hooks import AGGREGATIONS, POSTHOC, REPORTERS, PosthocContext
+from evaluation.logits import collect_logits
+from evaluation.report import masks_for, prior_reports, uniform_report
+from trainer.build import model_from_checkpoint
+from utils.checkpoint import load_checkpoint
+from utils.config import config_stem
+from utils.device import resolve_device
+from utils.errors import CheckpointError
+from utils.tables import plot_priors, render, seed_table, wide_table, write_csv
+
+GROUPS = ("many", "medium", "few", "all")
+
+
+@dataclass
+class LoadedRun:
+    """A checkpoint ready for evaluation."""
+
+    path: Path
+    config: dict[str, Any]
+    model: nn.Module
+    cls_num_list: list[int]
+    label: str = ""
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+
+@dataclass
+class EvalOptions:
+    """What to evaluate and how (the parsed command line of test.py / test_all_*.py, or an API call)."""
+
+    checkpoints: Sequence[str]
+    device: str | None = None
+    overrides: list[tuple[str, Any]] = field(default_factory=list)  # (dotted key, value) applied to each config
+    out: str | None = None
+    priors: Sequence[str] = ()
+    posthoc: Sequence[str] = ("none",)
+    aggregation: str = "mean"
+    quiet: bool = False
+
+
+def _checkpoints_in(path: Path) -> list[Path]:
+    """A checkpoint file, a run directory (its last.pth) or a folder of runs (every run's last.pth)."""
+    if path.is_file():
+        return [path]
+    if (path / "last.pth").is_file():
+        return [path / "last.pth"]
+    if path.is_dir():
+        runs = sorted(p / "last.pth" for p in path.iterdir() if (p / "last.pth").is_file())
+        if runs:
+            return runs
+        raise CheckpointError(f"{path} holds neither last.pth nor run folders with a last.pth")
+    raise CheckpointError(f"checkpoint not found: {path}")
+
+
+def expand_checkpoints(patterns: Sequence[str]) -> list[Path]:
+    """Paths, shell globs (quoted), run directories (-> their last.pth) or folders of runs, in order, no duplicates."""
+    found: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if any(ch in pattern for ch in "*?[") else [pattern]
+        if not matches:
+            raise CheckpointError(f"no checkpoint matches {pattern!r}")
+        for match in matches:
+            for path in _checkpoints_in(Path(match)):
+                if path not in found:
+                    found.append(path)
+    return found
+
+
+class TestData:
+    """Builds each distinct test set once, even when many checkpoints share it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._cache: dict[str, DataBundle] = {}
+
+    def get(self, config: dict[str, Any]) -> DataBundle:
+        """The test side of the data set described by ``config``."""
+        dataset_args, _ = split_loader_args(config["data_loader"])
+        key = json.dumps([config["data_loader"].get("type"), dataset_args, config["evaluation"]], sort_keys=True)
+        if key not in self._cache:
+            self._cache[key] = build_data(config, self.device, train=False)
+        return self._cache[key]
+
+
+def prepare(path: Path, device: torch.device, test_data: TestData, overrides: Sequence[tuple[str, Any]]) -> tuple[LoadedRun, DataBundle]:
+    """Rebuild a checkpoint's model from its own config, load the weights (strict) and fetch its test data."""
+    state = load_checkpoint(path)
+    model, config = model_from_checkpoint(state, str(path), overrides)
+    run = LoadedRun(path, config, model, list(state["cls_num_list"]))
+    data = test_data.get(run.config)
+    model = model.to(device)
+    if run.config["trainer"].get("channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
+    run.model = model.eval()
+    return run, data
+
+
+def label_runs(runs: Sequence[LoadedRun]) -> None:
+    """'seed<N>', prefixed by the config name when runs of several configs are compared, plus the run folder
+    when two runs would otherwise share a label."""
+    several_configs = len({r.config["name"] for r in runs}) > 1
+    labels = [f"{r.config['name']}/seed{r.seed}" if several_configs else f"seed{r.seed}" for r in runs]
+    for run, label in zip(runs, labels):
+        run.label = label if labels.count(label) == 1 else f"{label}:{run.path.parent.name}"
+
+
+def _out_dir(options: EvalOptions, runs: Sequence[LoadedRun], script: str) -> Path | None:
+    """Where result files go: --out, or an automatic folder when several checkpoints are evaluated."""
+    if options.out:
+        return Path(options.out)
+    if len(runs) > 1:
+        return Path("results") / f"{config_stem(runs[0].config['name'])}-{script}-{datetime.now():%Y%m%d-%H%M%S}"
+    return None
+
+
+def _write(out_dir: Path | None, rows: list[dict[str, Any]], tables: list[tuple[str, list[str], list[list[Any]]]]) -> None:
+    """results.csv (tidy), results.md and results.tex with every printed table."""
+    if out_dir is None:
+        return
+    write_csv(rows, out_dir / "results.csv")
+    (out_dir / "results.md").write_text("\n\n".join(render(h, b, "markdown", c) for c, h, b in tables) + "\n")
+    (out_dir / "results.tex").write_text("\n\n".join(render(h, b, "latex", c) for c, h, b in tables) + "\n")
+    print(f"\nwrote {out_dir}/results.csv, results.md, results.tex")
+
+
+def load_runs(options: EvalOptions) -> list[tuple[LoadedRun, DataBundle]]:
+    """Resolve the device and load every requested checkpoint with its test data."""
+    device = resolve_device(options.device)
+    test_data = TestData(device)
+    loaded = [prepare(path, device, test_data, options.overrides) for path in expand_checkpoints(options.checkpoints)]
+    label_runs([run for run, _ in loaded])
+    return loaded
+
+
+def _base_row(run: LoadedRun) -> dict[str, Any]:
+    """Identification columns of a result row."""
+    return {"checkpoint": str(run.path), "run": run.label, "seed": run.seed, "method": run.config["name"]}
+
+
+UNIFORM_COLUMNS = list(GROUPS) + ["ece", "mce", "nll", "brier"]
+
+
+def evaluate_uniform(options: EvalOptions) -> list[dict[str, Any]]:
+    """Uniform test set: top-1, many/medium/few, ECE/MCE (15 bins), NLL, Brier, per-expert top-1, plus the columns
+    of every registered reporter (e.g. a router's experts used and expected compute)."""
+    loaded = load_runs(options)
+    rows, captions = [], []
+    for run, data in loaded:
+        extras: dict[str, torch.Tensor] = {}
+        expert_logits, targets = collect_logits(run.model, data.test_loader, run.config["trainer"].get("amp", "off"), extras)
+        masks = masks_for(run.cls_num_list, run.config["evaluation"])
+        report = uniform_report(expert_logits, targets, masks)
+        for name, reporter in REPORTERS.items():
+            columns = reporter(run, extras, targets, masks, data.test_set.image_shape)
+            if columns:
+                report.update(columns)
+                caption = getattr(reporter, "caption", "")
+                if caption and caption not in captions:
+                    captions.append(caption)
+        rows.append({**_base_row(run), "prior": "uniform", **report})
+    seen = list(dict.fromkeys(k for r in rows for k in r))
+    experts = sorted((k for k in seen if k.startswith("expert") and k[len("expert"):].isdigit()),
+                     key=lambda k: int(k[len("expert"):]))
+    extra = [k for k in seen if k not in UNIFORM_COLUMNS and k not in experts
+             and k not in ("checkpoint", "run", "seed", "method", "prior")]
+    columns = UNIFORM_COLUMNS + experts + extra
+    header, body = seed_table([{**r, "metric": c, "value": r.get(c, float("nan"))} for r in rows for c in columns],
+                              "metric", columns, "value", group_key="method")
+    caption = "; ".join(["uniform test set: top-1 (%) all/many/medium/few, ECE/MCE (%), NLL, Brier, per-expert top-1 (%)"]
+                        + captions)
+    if not options.quiet:
+        print(render(header, body, "text", caption))
+    _write(_out_dir(options, [r for r, _ in loaded], "test"), rows, [(caption, header, body)])
+    return rows
+
+
+def posthoc_caption(mode: str) -> str:
+    """Caption suffix of a table corrected with ``mode`` (the correction's ``caption`` attribute)."""
+    return "" if mode == "none" else getattr(POSTHOC.get(mode), "caption", f" with posthoc correction '{mode}'")
+
+
+def _prior_tables(rows: list[dict[str, Any]], posthoc: Sequence[str], priors: Sequence[str], single: bool
+                  ) -> list[tuple[str, list[str], list[list[Any]]]]:
+    """Per post-hoc mode: one wide table (single run) or one seed table per metric (several runs)."""
+    tables = []
+    for mode in posthoc:
+        subset = [r for r in rows if r["posthoc"] == mode]
+        extra = [k for k in subset[0] if k == "prior_tv" or (k.startswith("w") and k[1:].isdigit())]
+        suffix = posthoc_caption(mode)
+        if single:
+            header, body = wide_table(subset, "prior", list(GROUPS) + extra)
+            tables.append((f"test-agnostic evaluation{suffix}: top-1 (%)" + (", " + ", ".join(extra) if extra else ""),
+                           header, body))
+            continue
+        for key in list(GROUPS) + extra:
+            header, body = seed_table(subset, "prior", priors, key, group_key="method")
+            tables.append((f"{key} accuracy (%){suffix}" if key in GROUPS else f"{key}{suffix}", header, body))
+    return tables
+
+
+def check_prior_options(options: EvalOptions) -> None:
+    """Prior names, corrections and the aggregation are checked before any checkpoint is loaded."""
+    for prior in options.priors:
+        parse_test_prior(prior)
+    for mode in options.posthoc:
+        POSTHOC.get(mode, where="--posthoc_bias_correction")
+    AGGREGATIONS.get(options.aggregation, where="--aggregation")
+
+
+def evaluate_priors(options: EvalOptions) -> list[dict[str, Any]]:
+    """Every test prior from one set of logits per checkpoint; optional test-time aggregation and post-hoc correction."""
+    check_prior_options(options)
+    priors, posthoc = list(options.priors), list(options.posthoc)
+    aggregate = AGGREGATIONS.get(options.aggregation)
+    loaded = load_runs(options)
+    rows: list[dict[str, Any]] = []
+    for run, data in loaded:
+        expert_logits, targets = collect_logits(run.model, data.test_loader, run.config["trainer"].get("amp", "off"))
+        subsets = {p: data.test_set.test_prior_indices(p, run.cls_num_list) for p in priors}
+        masks = masks_for(run.cls_num_list, run.config["evaluation"])
+        weights = aggregate(run, data, subsets)
+        context = PosthocContext(run.cls_num_list, run.config["evaluation"])
+        rows += [{**_base_row(run), **r} for r in prior_reports(expert_logits, targets, subsets, masks, posthoc, weights, context)]
+    tables = _prior_tables(rows, posthoc, priors, single=len(loaded) == 1)
+    if not options.quiet:
+        for caption, header, body in tables:
+            print(render(header, body, "text", caption) + "\n")
+    out_dir = _out_dir(options, [r for r, _ in loaded], "test_all")
+    _write(out_dir, rows, tables)
+    if out_dir is not None:
+        plot = plot_priors(rows, priors, out_dir / "accuracy_vs_prior.png", title=f"{loaded[0][0].config['name']}")
+        print(f"wrote {plot}")
+    return rows

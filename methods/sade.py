@@ -1,0 +1,138 @@
+"""SADE (Zhang et al., NeurIPS 2022) as a plugin: test-time self-supervised aggregation, for any number of experts E
+(docs/methods.md, SADE). Its training loss (``sade``) is in model/losses/sade.py.
+
+On the unlabeled images of one test set, learn expert weights w = softmax(a) (a in R^E, initialised to 1/E, i.e.
+the plain average) that maximise the cosine similarity between the aggregated predictions of two augmented views.
+The network stays in eval mode and runs under no_grad: only ``a`` is optimised (SGD, up to ``epochs`` passes,
+stopping early once a weight rounded to 2 decimals falls below ``stop_below``). The views come from the test
+loader of the data set's kind: batch tensor ops for in-memory sets, per-image PIL transforms for image files.
+
+Registered as the evaluation aggregation ``sade``: ``test_all_*.py --aggregation sade`` (or
+``--test_time_aggregation``), settings in ``evaluation.test_time``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data_loader.loader import BatchLoader
+from evaluation.hooks import AGGREGATIONS
+from evaluation.report import ensemble_logits
+from trainer.hooks import register_cli_flag
+from utils.device import autocast_context
+from utils.errors import ConfigError
+
+# Defaults = SADE's CIFAR test-time config; override with evaluation.test_time.<key> (e.g. --set on test_all_*.py).
+TEST_TIME_DEFAULTS: dict[str, Any] = {
+    "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True, "epochs": 5, "batch_size": 128,
+    "stop_below": 0.05, "entropy_weight": 0.0, "augment": {"type": "sade_view", "args": {}},
+}
+
+ViewBatches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+@dataclass
+class AggregationResult:
+    """Learned expert weights, the number of epochs run and the mean objective of each epoch."""
+
+    weights: torch.Tensor
+    epochs_run: int
+    losses: list[float] = field(default_factory=list)
+
+
+def aggregation_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """evaluation.test_time merged over the defaults; unknown keys are errors."""
+    given = dict(config.get("evaluation", {}).get("test_time") or {})
+    unknown = sorted(set(given) - set(TEST_TIME_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) evaluation.test_time.{', evaluation.test_time.'.join(unknown)}. "
+                          f"Valid keys: {', '.join(TEST_TIME_DEFAULTS)}")
+    return {**TEST_TIME_DEFAULTS, **given}
+
+
+def stability_loss(view1: torch.Tensor, view2: torch.Tensor, weights: torch.Tensor, entropy_weight: float = 0.0) -> torch.Tensor:
+    """-mean_i cos(p(v1_i), p(v2_i)) with p = softmax of the aggregated logits (cosine eps 1e-6), minus
+    ``entropy_weight`` * (H1 + H2) with H = -mean_{i,c} p log p (SADE's iNaturalist bonus, 0.01 there)."""
+    p1 = F.softmax(ensemble_logits(view1, weights), dim=1)
+    p2 = F.softmax(ensemble_logits(view2, weights), dim=1)
+    loss = -F.cosine_similarity(p1, p2, dim=1, eps=1e-6).mean()
+    if entropy_weight:
+        loss = loss - entropy_weight * (-(p1 * p1.log()).mean() - (p2 * p2.log()).mean())
+    return loss
+
+
+def learn_expert_weights(view_batches: ViewBatches, num_experts: int, settings: dict[str, Any]) -> AggregationResult:
+    """Optimise a in R^E by SGD on the stability loss over ``view_batches(epoch)``; returns w = softmax(a)."""
+    logits_a = torch.full((num_experts,), 1.0 / num_experts, requires_grad=True)
+    optimizer = torch.optim.SGD([logits_a], lr=settings["lr"], momentum=settings["momentum"],
+                                weight_decay=settings["weight_decay"], nesterov=settings["nesterov"] and settings["momentum"] > 0)
+    losses: list[float] = []
+    epochs_run = 0
+    for epoch in range(int(settings["epochs"])):
+        total, count = 0.0, 0
+        for view1, view2 in view_batches(epoch):
+            weights = F.softmax(logits_a, dim=0)
+            loss = stability_loss(view1.float().cpu(), view2.float().cpu(), weights, float(settings["entropy_weight"]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, count = total + float(loss.detach()) * view1.shape[0], count + view1.shape[0]
+        epochs_run = epoch + 1
+        losses.append(total / max(count, 1))
+        rounded = torch.round(F.softmax(logits_a.detach(), dim=0), decimals=2)
+        if bool((rounded < settings["stop_below"]).any()):
+            break
+    return AggregationResult(F.softmax(logits_a.detach(), dim=0), epochs_run, losses)
+
+
+def model_view_batches(model: nn.Module, loader: BatchLoader, idx: torch.Tensor, settings: dict[str, Any],
+                       amp: str = "off") -> ViewBatches:
+    """Per epoch: shuffled batches of the test images ``idx``, two augmented views each -> per-expert logits (no_grad)."""
+    image_size = loader.dataset.image_shape[-1]
+    augment = loader.augments.build(settings["augment"], "evaluation.test_time.augment", size=image_size)
+    if augment is None:
+        raise ConfigError("evaluation.test_time.augment must be a real augmentation (e.g. 'sade_view'), not 'none'")
+    device = loader.device
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        model.eval()
+        for view1, view2 in loader.view_pairs(idx, augment, epoch, int(settings["batch_size"])):
+            with torch.no_grad(), autocast_context(device, amp):
+                logits = model(torch.cat([view1, view2]))["logits"].float()
+            yield logits[:len(view1)], logits[len(view1):]
+
+    return batches
+
+
+def learn_weights_on_images(model: nn.Module, loader: BatchLoader, idx: torch.Tensor, config: dict[str, Any]) -> AggregationResult:
+    """Learn aggregation weights on the test images ``idx`` served by ``loader`` with the settings of ``config``."""
+    settings = aggregation_settings(config)
+    batches = model_view_batches(model, loader, idx, settings, config["trainer"].get("amp", "off"))
+    return learn_expert_weights(batches, int(getattr(model, "num_experts", 1)), settings)
+
+
+@AGGREGATIONS.register("sade")
+def sade_aggregation(run: Any, data: Any, subsets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Expert weights learned on each test prior's unlabeled images (printed per prior)."""
+    weights = {}
+    for prior, idx in subsets.items():
+        result = learn_weights_on_images(run.model, data.test_loader, idx, run.config)
+        weights[prior] = result.weights
+        print(f"{run.label} {prior}: expert weights {', '.join(f'{w:.3f}' for w in result.weights.tolist())} "
+              f"after {result.epochs_run} epoch(s)")
+    return weights
+
+
+def _use_sade(args: Any, value: Any) -> list:
+    """--test_time_aggregation is --aggregation sade."""
+    args.aggregation = "sade"
+    return []
+
+
+register_cli_flag(["--test_time_aggregation"], ("test_all",), _use_sade, action="store_true",
+                  help="SADE test-time self-supervised aggregation (= --aggregation sade): learn expert weights per "
+                       "test prior on its unlabeled images (settings: evaluation.test_time.*) and evaluate with them")

@@ -1,0 +1,1 @@
+"""Command-line tools: every entry point's argument parsing lives here (``python -m tools.<name> --help``)."""

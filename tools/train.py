@@ -1,0 +1,75 @@
+"""Command line of train.py: python train.py -c CONFIG [--seed N] [overrides] | -r RUN/last.pth."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+from tools.common import add_method_flags, add_set_argument, method_flag_overrides, run_tool, set_overrides
+from trainer.run import config_for_run, dry_run_summary, train
+from trainer.distributed import context_from_env
+from utils.config import load_config, parse_cli_value
+from utils.device import resolve_device
+
+# Shortcut flags -> the config key they override.
+OVERRIDE_FLAGS = {
+    "seed": "seed", "epochs": "trainer.epochs", "batch_size": "data_loader.args.batch_size", "lr": "optimizer.args.lr",
+    "num_experts": "arch.args.num_experts", "tau_list": "loss.args.tau_list", "data_dir": "data_loader.args.data_dir",
+    "save_dir": "trainer.save_dir",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The train.py argument parser (plus the flags method plugins contribute)."""
+    p = argparse.ArgumentParser(description="Train a long-tailed recognition model from a JSON config (any stage: "
+                                            "SGD training, calibration, post-hoc transforms).")
+    p.add_argument("-c", "--config", help="JSON config file (e.g. configs/cifar100_ir100/balpoe_standard.json)")
+    p.add_argument("-r", "--resume", help="checkpoint to resume exactly (e.g. saved/<name>/<run>/last.pth)")
+    p.add_argument("-d", "--device", help="cpu, cuda, cuda:N or a GPU list like 0,1 (default: cuda if available)")
+    p.add_argument("--seed", type=int, help="training seed (init, order, augmentation, mixup); overrides 'seed'")
+    p.add_argument("--epochs", type=int, help="overrides trainer.epochs")
+    p.add_argument("--batch_size", type=int, help="overrides data_loader.args.batch_size")
+    p.add_argument("--lr", type=float, help="overrides optimizer.args.lr")
+    p.add_argument("--num_experts", type=int, help="overrides arch.args.num_experts")
+    p.add_argument("--tau_list", help="per-expert taus: '0,1,2', 'limits' or 'uniform' (uses loss.tau_min/tau_max)")
+    p.add_argument("--data_dir", help="overrides data_loader.args.data_dir")
+    p.add_argument("--save_dir", help="overrides trainer.save_dir (runs go to <save_dir>/<name>/seed<S>-<time>/)")
+    add_set_argument(p)
+    p.add_argument("--dry_run", action="store_true", help="build everything, print data/model summary and exit")
+    p.add_argument("--limit_batches", type=int, help="cap the training batches per epoch (smoke runs)")
+    p.add_argument("--limit_val_batches", type=int, help="cap the validation batches (smoke runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or console log (train.log is still written)")
+    add_method_flags(p, "train")
+    return p
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """Shortcut flags, method flags and --set pairs as (dotted key, value), in that order."""
+    pairs = []
+    for flag, path in OVERRIDE_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            pairs.append((path, parse_cli_value(value) if flag == "tau_list" else value))
+    return pairs + method_flag_overrides(args, "train") + set_overrides(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve the config and run (or dry-run) it."""
+    raw = load_config(args.config) if args.config else None
+    config, resume_state = config_for_run(raw, args.resume, overrides_from_args(args))
+    if args.dry_run:
+        if context_from_env().is_primary:
+            print(dry_run_summary(config, resolve_device(args.device)))
+        return 0
+    result = train(config, args.device, args.resume, resume_state, args.limit_batches, args.limit_val_batches,
+                   args.quiet)
+    return 130 if result.interrupted else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of train.py."""
+    return run_tool(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

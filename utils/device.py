@@ -1,0 +1,37 @@
+"""Devices: parsing the -d flag, waiting for queued GPU work, mixed-precision contexts."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from utils.errors import ConfigError
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:1' or a GPU list '0,1' (sets CUDA_VISIBLE_DEVICES); default: GPU when available."""
+    if device and all(part.strip().isdigit() for part in device.split(",")):
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+        device = "cuda"
+    if not device:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but no CUDA GPU is visible; use -d cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"-d/--device {device!r} is not a device: use cpu, cuda, cuda:N or a GPU list like 0,1") from None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so wall-clock timings are complete (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """torch.autocast for 'bf16' / 'fp16', a no-op context for 'off'."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
