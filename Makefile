@@ -1,12 +1,12 @@
 # One-command workflows. `make demo`: fresh machine -> venv -> Fashion-MNIST -> train BalPoE -> 11-prior table.
-# `make test`: fresh machine -> venv -> whole test suite (what CI runs).
+# `make test`: fresh machine -> venv -> whole test suite (what CI runs); `make test-fast`: without the slow tests.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SEED ?= 1
 
-.PHONY: setup test demo fmnist-data clean
+.PHONY: setup test test-fast demo fmnist-data clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,9 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 test: setup
 	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
 
 # Fashion-MNIST offline: the Debian package puts the idx files in /usr/share/datasets/fashion-mnist (read directly).
 fmnist-data:

@@ -307,6 +307,8 @@ class CalibrationStage(Stage):
                                                                self.targets, self.batch_size, self.seed, epoch)}
                 self.scheduler.step()
                 self.history.append(metrics)
+                for callback in self.callbacks:
+                    callback(self, epoch, 0)
                 if epoch % 10 == 0 or epoch == epochs:
                     self.logger.info(f"epoch {epoch}/{epochs} | loss {metrics['loss']:.4f} | held-out acc "
                                      f"{metrics['accuracy']:.2f}%")

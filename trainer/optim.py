@@ -20,6 +20,13 @@ def sgd(params: Iterable[torch.nn.Parameter], lr: float = 0.1, momentum: float =
                            foreach=foreach)
 
 
+@OPTIMIZERS.register("adamw")
+def adamw(params: Iterable[torch.nn.Parameter], lr: float = 1e-3, betas: list[float] = (0.9, 0.999),  # type: ignore[assignment]
+          weight_decay: float = 0.05, eps: float = 1e-8, foreach: bool | None = None) -> torch.optim.AdamW:
+    """AdamW (decoupled weight decay) on every parameter, e.g. for transformer backbones."""
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps, foreach=foreach)
+
+
 def warmup_step_factor(epoch: int, step1: int, step2: int, gamma: float, warmup_epoch: int) -> float:
     """LR factor of the reference CustomLR for 0-based scheduler epoch ``epoch`` (trainer epoch t uses f(t-1))."""
     if epoch >= step2:

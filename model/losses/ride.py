@@ -97,16 +97,19 @@ class RIDEDistillLoss(RIDELoss):
 
     zbar_T is the teacher's ensemble output (``teacher_output``, computed by the trainer in eval mode without
     gradients). The reference adds both terms once per expert inside its expert loop, i.e. its objective is
-    E * (this loss) — an implicit x E learning-rate factor that is NOT applied here.
+    E * (this loss): ``scale_by_num_experts=True`` multiplies the objective (and the logged per-expert terms) by E
+    to train exactly like it (the shipped configs do; with SGD it is an E-times larger step against the same
+    weight decay, which is what the reference's learning rate was tuned for).
     """
 
     extra_inputs = ("teacher_output",)
 
     def __init__(self, cls_num_list: Sequence[int], distill_temperature: float, ride_loss_factor: float,
-                 distill_loss_factor: float, **ride_args: Any) -> None:
+                 distill_loss_factor: float, scale_by_num_experts: bool = False, **ride_args: Any) -> None:
         super().__init__(cls_num_list, **ride_args)
         self.distill_temperature = distill_temperature
         self.ride_loss_factor, self.distill_loss_factor = ride_loss_factor, distill_loss_factor
+        self.scale_by_num_experts = scale_by_num_experts
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor,  # type: ignore[override]
                 teacher_output: torch.Tensor) -> LossOutput:
@@ -117,7 +120,8 @@ class RIDEDistillLoss(RIDELoss):
         per_expert = self.ride_loss_factor * self.ride_terms(z, target)
         t_d = self.distill_temperature
         distill = t_d ** 2 * batch_kl(teacher_output.to(z.dtype), z.mean(dim=1), t_d)
-        return LossOutput(per_expert.sum() + self.distill_loss_factor * distill, per_expert)
+        scale = z.shape[1] if self.scale_by_num_experts else 1
+        return LossOutput(scale * (per_expert.sum() + self.distill_loss_factor * distill), scale * per_expert)
 
 
 def router_targets(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -165,10 +169,11 @@ def ride_loss(cls_num_list: list[int], max_m: float = 0.5, s: float = 30.0, rewe
 def ride_distill_loss(cls_num_list: list[int], distill_temperature: float = 1.0, ride_loss_factor: float = 1.0,
                       distill_loss_factor: float = 1.0, max_m: float = 0.5, s: float = 30.0, reweight: bool = True,
                       reweight_epoch: int = -1, reweight_factor: float = 0.05, base_loss_factor: float = 1.0,
-                      diversity_factor: float = -0.2, diversity_temperature: float = 1.0,
-                      beta: float = 0.9999) -> RIDEDistillLoss:
-    """RIDE + distillation from a teacher given by the config's ``distill.checkpoint`` (not multiplied by E)."""
-    return RIDEDistillLoss(cls_num_list, distill_temperature, ride_loss_factor, distill_loss_factor, max_m=max_m, s=s,
+                      diversity_factor: float = -0.2, diversity_temperature: float = 1.0, beta: float = 0.9999,
+                      scale_by_num_experts: bool = False) -> RIDEDistillLoss:
+    """RIDE + distillation from the teacher of the ``distill`` section; ``scale_by_num_experts``: x E as the reference."""
+    return RIDEDistillLoss(cls_num_list, distill_temperature, ride_loss_factor, distill_loss_factor,
+                           scale_by_num_experts, max_m=max_m, s=s,
                            reweight=reweight, reweight_epoch=reweight_epoch, reweight_factor=reweight_factor,
                            base_loss_factor=base_loss_factor, diversity_factor=diversity_factor,
                            diversity_temperature=diversity_temperature, beta=beta)

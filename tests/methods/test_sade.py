@@ -134,7 +134,7 @@ def test_colour_ops_against_torchvision_and_identities():
 
 @pytest.mark.filterwarnings("ignore:.*differs from the official release")
 def test_sade_config_trains_and_test_time_aggregation_reports_weights(fmnist_dir, tmp_path, capsys):
-    config = Path(__file__).resolve().parents[1] / "configs/fmnist_ir100/sade.json"
+    config = Path(__file__).resolve().parents[2] / "configs/fmnist_ir100/sade.json"
     assert train_main(["-c", str(config), "--data_dir", str(fmnist_dir), "--save_dir", str(tmp_path), "--epochs", "1",
                        "--limit_batches", "2", "--batch_size", "32", "-d", "cpu", "--quiet",
                        "--set", "data_loader.args.imb_factor=0.1", "--set", "trainer.tensorboard=false"]) == 0

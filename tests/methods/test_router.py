@@ -12,7 +12,7 @@ from tools.flops import main as flops_main
 from utils.flops import count_macs
 from utils.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ROUTER = {"type": "ride", "args": {"top_k": 5, "hidden_dim": 16}}
 
 

@@ -34,6 +34,7 @@ def test_context_from_env():
     assert (ctx.rank, ctx.local_rank, ctx.world_size, ctx.is_distributed, ctx.is_primary) == (3, 1, 4, True, False)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_equals_single_process_on_the_global_batch(imagenet_lt_dir, tmp_path):
     """2 steps of a global batch of 8 (with crop/flip/jitter augmentation) give the same weights in both setups.
 

@@ -164,6 +164,22 @@ def test_ride_distill_adds_ensemble_kl_once():
         build({"type": "ride_distill", "args": args})(LOGITS, TARGET, teacher_output=teacher[:, :2])
 
 
+def test_ride_distill_scale_reproduces_the_reference_expert_loop():
+    """scale_by_num_experts: the reference adds (full RIDE loss + distillation) once per expert inside its loop."""
+    z, y = LOGITS.numpy().astype(np.float64), TARGET.numpy()
+    teacher = torch.tensor([[2.0, 0.0, 1.0], [0.0, 1.0, 3.0]])
+    args = {"diversity_factor": -0.45, "distill_temperature": 1.5, "scale_by_num_experts": True}
+    out = build({"type": "ride_distill", "args": args})(LOGITS, TARGET, teacher_output=teacher)
+    reference = 0.0
+    for _ in range(z.shape[1]):  # the reference's loop body, once per expert
+        reference += np_ride(z, y, COUNTS, -0.45, False).sum()
+        reference += 1.5 ** 2 * np_kl(teacher.numpy().astype(np.float64), z.mean(axis=1), 1.5)
+    assert out.total.item() == pytest.approx(reference, rel=1e-5)
+    unscaled = build({"type": "ride_distill", "args": {**args, "scale_by_num_experts": False}})(
+        LOGITS, TARGET, teacher_output=teacher)
+    assert out.total.item() == pytest.approx(3 * unscaled.total.item(), rel=1e-6)
+
+
 # increments z_j[0] - z_j[1] of three experts (label 0) chosen so the prefix-correctness patterns are known
 ROUTER_DELTAS = [[1, -2, 0], [-1, 2, 0], [-1, 0, 2], [-1, 0, 0], [1, -2, 2], [-1, 2, -2]]
 #  prefix correct:  TFF          FTT         FFT         FFF         TFT         FTF

@@ -46,7 +46,7 @@ def plain(cifar10_dir, tmp_path_factory):
     {"arch.args.batched_experts": True},
     {"arch.args.batched_experts": True, "trainer.channels_last": True},
     # aot_eager traces with dynamo + AOTAutograd like inductor but skips code generation (seconds, not minutes)
-    {"trainer.compile": "aot_eager"},
+    pytest.param({"trainer.compile": "aot_eager"}, marks=pytest.mark.slow),
 ], ids=["channels_last", "batched_experts", "batched+channels_last", "compile"])
 def test_switch_matches_plain_step(cifar10_dir, tmp_path, plain, overrides):
     loss, grads = one_step(cifar10_dir, tmp_path, **{"trainer.channels_last": False, **overrides})

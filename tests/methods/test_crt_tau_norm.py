@@ -15,7 +15,7 @@ from trainer.build import build_model, resolve
 from trainer.trainer import Trainer
 from utils.checkpoint import load_checkpoint, save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official release")
 
 

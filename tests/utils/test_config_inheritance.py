@@ -8,15 +8,19 @@ from trainer.build import resolve
 from utils.config import load_config, merge_configs
 from utils.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BEFORE = ROOT / "tests/fixtures/resolved_configs_before_inheritance.json"
 # Keys that may differ from the pre-inheritance snapshot, each for a documented reason.
 IGNORED_KEYS = {"description"}  # free text: it now points to docs/methods.md instead of a file users never had
 # Values deliberately added or changed since the snapshot: {config: {dotted key: new value}}.
 CBE_STAGE = {"stage": "cbe_calibration"}  # the calibration runs as a registered stage of train.py, not its own script
+# the distillation objective x E as the reference's (README, "Known differences"), so lr 0.1 means what it meant there
+RIDE_DISTILL_SCALE = {"loss.args.scale_by_num_experts": True}
 INTENDED = {
     "cifar100_ir100/cbe_calibration.json": CBE_STAGE,
     "fmnist_ir100/cbe_calibration.json": CBE_STAGE,
+    "cifar100_ir100/ride_distill.json": RIDE_DISTILL_SCALE,
+    "fmnist_ir100/ride_distill.json": RIDE_DISTILL_SCALE,
 }
 
 

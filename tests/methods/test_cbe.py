@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,14 @@ from data_loader.datasets import DATASETS
 from data_loader.profiles import lt_class_counts
 from data_loader.subsets import group_indices, holdout_count, holdout_split, relabel_map, subset_info
 from methods.cbe import ExpertCalibration
+from tools.train import build_parser, overrides_from_args
 from tools.train import main as train_main
+from trainer.run import config_for_run, train
+from utils.config import load_config
 from tools.evaluate import priors_main, uniform_main
 from utils.checkpoint import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official release")
 TINY_COUNTS = [60, 46, 35, 27, 21, 16, 12, 10, 7, 6]  # 60 per class, imb_factor 0.1
 MEDIUM = [3, 4, 5, 6, 7]  # 10 <= n <= 30
@@ -151,3 +155,21 @@ def test_cbe_calibration_rejects_experts_in_the_wrong_order(cbe_runs, capsys):
     _, experts, _, calibration = cbe_runs
     assert calibrate(calibration, [experts[1], experts[0], experts[2]]) == 2
     assert "'medium' expert but arch.args.groups expects 'many'" in capsys.readouterr().err
+
+
+def test_cbe_calibration_stage_resumes_exactly_after_ctrl_c(cbe_runs, tmp_path):
+    """The calibration stage saves and resumes through the one checkpoint writer, like SGD training."""
+    _, experts, final, calibration = cbe_runs
+    args = build_parser().parse_args([*calibration, "--save_dir", str(tmp_path), "--set",
+                                      "ensemble.checkpoints=" + json.dumps([str(p) for p in experts])])
+    config, _ = config_for_run(load_config(args.config), None, overrides_from_args(args))
+    stop_after_first = [lambda stage, epoch, step: signal.raise_signal(signal.SIGINT) if epoch == 1 else None]
+    interrupted = train(config, "cpu", quiet=True, callbacks=stop_after_first)
+    assert interrupted.interrupted and load_checkpoint(interrupted.checkpoint)["epoch"] == 1
+    resumed = train(config, "cpu", resume=interrupted.checkpoint, resume_state=load_checkpoint(interrupted.checkpoint),
+                    quiet=True)
+    assert not resumed.interrupted
+    done, reference = load_checkpoint(resumed.checkpoint), load_checkpoint(final)
+    assert done["epoch"] == reference["epoch"] == 3
+    for key, value in reference["model"].items():
+        assert torch.equal(done["model"][key], value), key

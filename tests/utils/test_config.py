@@ -13,7 +13,7 @@ from utils.config import apply_overrides, expand_tau_list, load_config, set_by_p
 from utils.errors import ConfigError
 from utils.registry import Registry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Shipped configs, not the partial files they inherit from (configs/_base_/, see utils/config.py load_config).
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.json") if "_base_" not in p.relative_to(ROOT / "configs").parts)
 
@@ -31,6 +31,7 @@ def test_tau_limits_and_uniform_spacing():
         expand_tau_list("limits", 3, None, None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "configs")) for p in CONFIGS])
 def test_every_shipped_config_loads_builds_and_runs_a_step(path):
     config = resolve(load_config(path))

@@ -13,7 +13,7 @@ from tools.evaluate import build_parser, options_from_args, uniform_main
 from tools.flops import main as flops_main
 from utils.checkpoint import load_checkpoint
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RIDE_LOSS = {"type": "ride", "args": {"diversity_factor": -0.45, "reweight_epoch": 0}}
 
 
