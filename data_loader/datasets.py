@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import pickle
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -99,11 +100,22 @@ def md5sum(path: Path | None = None, data: bytes | None = None) -> str:
     return digest.hexdigest()
 
 
+_WARNED: set[str] = set()
+
+
+def data_warning(path: Path | str, message: str) -> None:
+    """A one-line UserWarning attributed to the data file itself, at most once per file and message."""
+    key = f"{path}: {message}"
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn_explicit(key, UserWarning, str(path), 0)
+
+
 def warn_if_modified(path: Path, expected: str, actual: str) -> None:
     """Warn (naming the file) when a file in the official format differs from the official release."""
     if expected != actual:
-        warnings.warn(f"{path}: checksum {actual} differs from the official release ({expected}); "
-                      "loading it anyway — results may not be comparable with published numbers", stacklevel=3)
+        data_warning(path, f"checksum {actual} differs from the official release ({expected}); loading it anyway "
+                           "- results may not be comparable with published numbers")
 
 
 def _missing_data(kind: str, folder: Path, files: Sequence[str], how: str) -> DataNotFoundError:
@@ -159,20 +171,40 @@ def read_cifar(data_dir: str | Path, num_classes: int, train: bool, download: bo
         path = folder / name
         warn_if_modified(path, files[name], md5sum(path))
     for name in names:
-        with open(folder / name, "rb") as handle:
-            entry = pickle.load(handle, encoding="latin1")
-        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        entry = _read_pickle(folder / name, (label_key, "data"))
+        try:
+            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        except ValueError as exc:
+            raise DataError(f"{folder / name}: the 'data' array is not N x 3072 uint8 images ({exc}); re-download "
+                            "the official CIFAR python version") from None
         labels.extend(entry[label_key])
-    with open(folder / meta_name, "rb") as handle:
-        class_names = list(pickle.load(handle, encoding="latin1")[meta_key])
+    class_names = list(_read_pickle(folder / meta_name, (meta_key,))[meta_key])
     return np.concatenate(images), np.asarray(labels, dtype=np.int64), class_names
+
+
+def _read_pickle(path: Path, keys: Sequence[str]) -> dict[str, Any]:
+    """One CIFAR python pickle as a dict holding ``keys``; unreadable or foreign files raise DataError naming them."""
+    try:
+        with open(path, "rb") as handle:
+            entry = pickle.load(handle, encoding="latin1")
+    except Exception as exc:  # truncated (EOFError / UnpicklingError), random bytes (UnicodeDecodeError, ...)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path} is not a readable CIFAR python pickle ({reason}); re-download and extract the "
+                        "official archive") from None
+    missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+    if missing:
+        raise DataError(f"{path} lacks the key(s) {missing} of the official CIFAR python format")
+    return entry
 
 
 def read_idx(path: Path) -> tuple[np.ndarray, bytes]:
     """Read an idx file (optionally gzipped) -> (array, decompressed bytes for the checksum)."""
     data = path.read_bytes()
     if path.suffix == ".gz":
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as exc:  # truncated download, not a gzip file
+            raise DataError(f"{path} is not a complete gzip file ({exc}); download it again") from None
     return parse_idx_bytes(data, str(path)), data
 
 
@@ -213,6 +245,10 @@ def read_fashion_mnist(data_dir: str | Path, train: bool, download: bool = False
                             "Install the Debian package (apt-get install dataset-fashion-mnist, files land in "
                             "/usr/share/datasets/fashion-mnist) or copy the four idx files from "
                             "https://github.com/zalandoresearch/fashion-mnist/tree/master/data/fashion into it.")
+    fallback = [p for p in paths if data_dir.resolve() not in p.resolve().parents]  # type: ignore[union-attr]
+    if fallback:
+        data_warning(data_dir, f"no Fashion-MNIST idx files here; using {fallback[0].parent} instead (the Debian "
+                               "package's copy); point data_loader.args.data_dir (--data_dir) there to silence this")
     arrays = []
     for name, path in zip(wanted, paths):
         array, raw = read_idx(path)  # type: ignore[arg-type]
@@ -232,6 +268,9 @@ def make_lt_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, tr
     if train:
         n_max = len(labels) // num_classes
         counts = lt_class_counts(n_max, num_classes, imb_factor, imb_type)
+        if min(counts) < 1:
+            raise ConfigError(f"data_loader.args.imb_factor = {imb_factor} leaves class {counts.index(min(counts))} "
+                              f"without training images ({n_max} per class before subsampling); use a larger factor")
         keep = select_per_class(labels, counts, split_seed)
         images, labels = images[keep], labels[keep]
     return ImageTensorDataset(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), num_classes,

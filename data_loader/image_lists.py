@@ -138,7 +138,7 @@ class ImageListDataset:
             where = file or f"a list file for {prior!r}"
             raise DataNotFoundError(
                 f"shifted test list not found: {where}. Copy the official list into data_loader.args.txt_dir or create "
-                f"one with: python -m utils.make_test_priors --test_list {self.source} --train_list <train list>. "
+                f"one with: python -m tools.make_test_priors --test_list {self.source} --train_list <train list>. "
                 f"{DATA_TXT_HELP}")
         return torch.from_numpy(shifted_subset_indices(self.targets.numpy(), train_counts, prior, self.split_seed)).long()
 

@@ -27,6 +27,9 @@ _PRIOR_RE = re.compile(r"^(forward|backward)(\d+(?:\.\d+)?)$")
 def lt_class_counts(n_max: int, num_classes: int, imb_factor: float, imb_type: str = "exp",
                     reverse: bool = False) -> list[int]:
     """Per-class counts: exp gives floor(n_max * imb_factor ** (c / (C-1))), class 0 the head (tail if reverse)."""
+    if isinstance(imb_factor, bool) or not isinstance(imb_factor, (int, float)) or not 0 < imb_factor <= 1:
+        raise ConfigError(f"imbalance factor (data_loader.args.imb_factor) must be in (0, 1], i.e. 1 / imbalance "
+                          f"ratio (0.01 for IR 100), got {imb_factor!r}")
     if imb_type == "exp":
         if num_classes == 1:
             return [int(n_max)]

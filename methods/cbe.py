@@ -35,7 +35,6 @@ from utils.checkpoint import load_checkpoint
 from utils.errors import CheckpointError, ConfigError
 from utils.metrics import group_classes
 from utils.seed import Stream, torch_generator
-from utils.tables import write_csv
 
 # data_loader.args of the experts that must equal the calibration config's, so the held-out images are unseen
 SHARED_DATA_KEYS = ("holdout_fraction", "holdout_max_per_class", "seed", "many_threshold", "few_threshold")
@@ -290,7 +289,6 @@ class CalibrationStage(Stage):
         channels_last = bool(config["trainer"]["channels_last"])
         self.logits = held_out_logits(self.model, held, config["evaluation"]["test_batch_size"], channels_last)
         self.targets = held.targets
-        self.logger.info(f"held-out part: {len(held)} images; expert outputs {[z.shape[1] for z in self.logits]}")
         self.criterion = build_criterion(config, held.cls_num_list, 1).to(device)
         self.optimizer = build_optimizer(config, self.model)
         self.scheduler = build_scheduler(config, self.optimizer)
@@ -301,6 +299,7 @@ class CalibrationStage(Stage):
     def fit(self) -> dict[str, Any]:
         """Train the calibration parameters for the remaining epochs, then evaluate on the test split."""
         epochs = self.cfg_trainer["epochs"]
+        self.logger.info(f"held-out part: {len(self.targets)} images; expert outputs {[z.shape[1] for z in self.logits]}")
         with StopRequest() as stop:
             for epoch in range(self.start_epoch, epochs + 1):
                 metrics = {"epoch": epoch, **calibration_epoch(self.model, self.optimizer, self.criterion, self.logits,
@@ -324,6 +323,5 @@ class CalibrationStage(Stage):
             self.logger.info(f"test accuracy {last['val_accuracy']:.2f}% (many {last['val_many']:.1f} / medium "
                              f"{last['val_medium']:.1f} / few {last['val_few']:.1f})".replace("nan", "n/a"))
         self.save("last.pth", epochs)
-        if self.run_dir is not None:
-            write_csv(self.history, self.run_dir / "history.csv")
+        self.save_history()
         return self.history[-1] if self.history else {}

@@ -10,6 +10,17 @@ from utils.config import parse_set_items
 from utils.errors import FrameworkError
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def add_set_argument(parser: argparse.ArgumentParser, example: str = "combiner.args.alpha=0.2") -> None:
     """``--set KEY=VALUE`` (repeatable): override any config key."""
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

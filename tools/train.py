@@ -5,7 +5,8 @@ import argparse
 import sys
 from typing import Any, Sequence
 
-from tools.common import add_method_flags, add_set_argument, method_flag_overrides, run_tool, set_overrides
+from tools.common import (add_method_flags, add_set_argument, method_flag_overrides, positive_int, run_tool,
+                          set_overrides)
 from trainer.run import config_for_run, dry_run_summary, train
 from trainer.distributed import context_from_env
 from utils.config import load_config, parse_cli_value
@@ -27,17 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--resume", help="checkpoint to resume exactly (e.g. saved/<name>/<run>/last.pth)")
     p.add_argument("-d", "--device", help="cpu, cuda, cuda:N or a GPU list like 0,1 (default: cuda if available)")
     p.add_argument("--seed", type=int, help="training seed (init, order, augmentation, mixup); overrides 'seed'")
-    p.add_argument("--epochs", type=int, help="overrides trainer.epochs")
-    p.add_argument("--batch_size", type=int, help="overrides data_loader.args.batch_size")
+    p.add_argument("--epochs", type=positive_int, help="overrides trainer.epochs")
+    p.add_argument("--batch_size", type=positive_int, help="overrides data_loader.args.batch_size")
     p.add_argument("--lr", type=float, help="overrides optimizer.args.lr")
-    p.add_argument("--num_experts", type=int, help="overrides arch.args.num_experts")
+    p.add_argument("--num_experts", type=positive_int, help="overrides arch.args.num_experts")
     p.add_argument("--tau_list", help="per-expert taus: '0,1,2', 'limits' or 'uniform' (uses loss.tau_min/tau_max)")
     p.add_argument("--data_dir", help="overrides data_loader.args.data_dir")
     p.add_argument("--save_dir", help="overrides trainer.save_dir (runs go to <save_dir>/<name>/seed<S>-<time>/)")
+    p.add_argument("--name", help="run name (default: the config's name, plus a suffix naming the overrides that change "
+                                  "the training, e.g. cifar100_ir100_ce-num_experts7-lr0.05)")
     add_set_argument(p)
     p.add_argument("--dry_run", action="store_true", help="build everything, print data/model summary and exit")
-    p.add_argument("--limit_batches", type=int, help="cap the training batches per epoch (smoke runs)")
-    p.add_argument("--limit_val_batches", type=int, help="cap the validation batches (smoke runs)")
+    p.add_argument("--limit_batches", type=positive_int, help="cap the training batches per epoch (smoke runs)")
+    p.add_argument("--limit_val_batches", type=positive_int, help="cap the validation batches (smoke runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or console log (train.log is still written)")
     add_method_flags(p, "train")
     return p
@@ -53,10 +56,33 @@ def overrides_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
     return pairs + method_flag_overrides(args, "train") + set_overrides(args)
 
 
+# Overrides that do not change what is trained (where data and runs live, logging, paths of earlier stages' files):
+# they do not rename the run.
+NEUTRAL_KEYS = ("seed", "name", "description", "data_loader.args.data_dir", "data_loader.args.num_workers",
+                "data_loader.args.txt_dir", "trainer.save_dir", "trainer.tensorboard", "trainer.log_interval")
+NEUTRAL_SUFFIXES = (".checkpoint", ".checkpoints", ".base.args.data_dir")
+
+
+def run_name_suffix(pairs: Sequence[tuple[str, Any]]) -> str:
+    """'-num_experts7-type_resnet10' for the overrides that change the training (empty when there are none)."""
+    parts = []
+    for key, value in pairs:
+        if key in NEUTRAL_KEYS or key.endswith(NEUTRAL_SUFFIXES):
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        parts.append(f"{key.split('.')[-1]}{'' if text[:1].isdigit() or text[:1] == '-' else '_'}{text}")
+    return "".join(f"-{part}" for part in parts)
+
+
 def run(args: argparse.Namespace) -> int:
     """Resolve the config and run (or dry-run) it."""
     raw = load_config(args.config) if args.config else None
-    config, resume_state = config_for_run(raw, args.resume, overrides_from_args(args))
+    pairs = overrides_from_args(args)
+    if args.name:
+        pairs.append(("name", args.name))
+    elif raw is not None and not args.resume and not any(key == "name" for key, _ in pairs):
+        pairs.append(("name", f"{raw.get('name', 'run')}{run_name_suffix(pairs)}"))
+    config, resume_state = config_for_run(raw, args.resume, pairs)
     if args.dry_run:
         if context_from_env().is_primary:
             print(dry_run_summary(config, resolve_device(args.device)))

@@ -61,6 +61,11 @@ class MixCombiner(Combiner):
     """Mix each batch with a permutation of itself and mix the two losses with the same lambda (docs/methods.md, mixup)."""
 
     def __init__(self, alpha: float = 0.0, cutmix_alpha: float = 0.0, mixup_prob: float = 1.0) -> None:
+        for key, value in (("alpha", alpha), ("cutmix_alpha", cutmix_alpha)):
+            if value < 0:
+                raise ConfigError(f"combiner.args.{key} is a Beta distribution parameter and must be >= 0, got {value}")
+        if not 0 <= mixup_prob <= 1:
+            raise ConfigError(f"combiner.args.mixup_prob is a probability in [0, 1], got {mixup_prob}")
         self.alpha, self.cutmix_alpha, self.mixup_prob = alpha, cutmix_alpha, mixup_prob
 
     def mix_inputs(self, images: torch.Tensor, perm: torch.Tensor, host_rng: np.random.Generator) -> tuple[torch.Tensor, float]:

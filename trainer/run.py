@@ -18,7 +18,7 @@ from trainer.build import build_model, build_without_data, checkpoint_path, reso
 from trainer.hooks import build_sections
 from trainer.distributed import init_distributed, shutdown_distributed
 from trainer.stages import make_run_dir, write_run_config
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, remove_stale_temp_files
 from utils.config import apply_overrides
 from utils.device import resolve_device
 from utils.errors import CheckpointError, ConfigError
@@ -58,9 +58,13 @@ def config_for_run(config: dict[str, Any] | None, resume: str | Path | None,
 
 
 def dry_run_summary(config: dict[str, Any], device: torch.device) -> str:
-    """Data counts per shot group, parameter count and MACs of the configured run (everything is built)."""
-    build_without_data(config)  # loss, combiner, sections and stage checks, without reading data
-    data = build_data(config, device)
+    """Build everything a real run builds (data, model, earlier stages' weights, teacher, loss, optimizer), then
+    summarise: data counts per shot group, parameter count and MACs. Nothing is written."""
+    build_without_data(config)  # loss, combiner, sections and stage checks first: fast errors before reading data
+    check_run_inputs(config)
+    check_save_dir(config)
+    stage = stage_class(config)(config, device, None, None, quiet=True)
+    data = getattr(stage, "data", None) or build_data(config, device)
     counts = data.cls_num_list
     masks = masks_for(counts, config["evaluation"])
     lines = [f"data set: {config['data_loader']['type']}  train images: {sum(counts)}  test images: {len(data.test_set)}",
@@ -94,24 +98,43 @@ def check_run_inputs(config: dict[str, Any], resuming: bool = False) -> None:
     stage.check_inputs(config)
 
 
+def check_save_dir(config: dict[str, Any]) -> None:
+    """trainer.save_dir must be a folder (or not exist yet)."""
+    save_dir = Path(config["trainer"]["save_dir"])
+    for folder in (save_dir, *save_dir.parents):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"trainer.save_dir {save_dir}: {folder} is a file, not a folder; choose another "
+                              "--save_dir")
+
+
 def train(config: dict[str, Any], device: str | torch.device | None = None, resume: str | Path | None = None,
           resume_state: dict[str, Any] | None = None, limit_batches: int | None = None,
           limit_val_batches: int | None = None, quiet: bool = False,
           callbacks: Sequence[Callable[[Any, int, int], None]] = ()) -> RunResult:
-    """Run the stage of a resolved ``config`` in a new run directory (or continue ``resume``'s run)."""
+    """Run the stage of a resolved ``config`` in a new run directory (or continue ``resume``'s run).
+
+    Everything is validated and built (data, model, earlier stages' weights) before the run directory is created,
+    so a run that cannot start leaves nothing behind.
+    """
     device = device if isinstance(device, torch.device) else resolve_device(device)
     check_run_inputs(config, resuming=resume is not None)
+    if resume is None:
+        check_save_dir(config)
     ctx, device = init_distributed(device)  # torchrun: join the process group
     try:
-        run_dir = None
+        stage = stage_class(config)(config, device, None, resume_state, limit_batches, quiet or not ctx.is_primary,
+                                    callbacks, dist=ctx, limit_val_batches=limit_val_batches)
+        run_dir, stale = None, []
         if ctx.is_primary:  # only rank 0 writes files
             if resume is not None:
                 run_dir = Path(resume).resolve().parent
+                stale = remove_stale_temp_files(run_dir)
             else:
                 run_dir = make_run_dir(config["trainer"]["save_dir"], config["name"], config["seed"])
             write_run_config(run_dir, config)
-        stage = stage_class(config)(config, device, run_dir, resume_state, limit_batches, quiet or not ctx.is_primary,
-                                    callbacks, dist=ctx, limit_val_batches=limit_val_batches)
+            stage.attach_run_dir(run_dir)
+        for path in stale:
+            stage.logger.info(f"removed {path.name}, left by an interrupted checkpoint write")
         stage.logger.info(f"run directory: {run_dir}")
         if ctx.is_distributed:
             batch = config["data_loader"]["args"].get("batch_size", 128)

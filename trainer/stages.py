@@ -22,8 +22,10 @@ from trainer.build import load_weights
 from trainer.distributed import DistContext
 from utils.checkpoint import save_checkpoint, unwrap_model
 from utils.config import config_stem
+from utils.errors import CheckpointError, ConfigError
 from utils.logging import get_logger
 from utils.seed import get_rng_state, seed_everything, set_rng_state
+from utils.tables import write_csv
 
 
 def make_run_dir(save_dir: str | Path, name: str, seed: int) -> Path:
@@ -36,8 +38,12 @@ def make_run_dir(save_dir: str | Path, name: str, seed: int) -> Path:
             path.mkdir(parents=True, exist_ok=False)
             return path
         except FileExistsError:
+            if not base.is_dir():
+                break
             continue
-    raise RuntimeError(f"could not create a run directory under {base}")
+        except OSError as exc:
+            raise ConfigError(f"cannot create the run directory {path} (trainer.save_dir {save_dir}): {exc.strerror}") from None
+    raise ConfigError(f"could not create a run directory under {base} (trainer.save_dir {save_dir})")
 
 
 def write_run_config(run_dir: Path, config: dict[str, Any]) -> None:
@@ -92,6 +98,13 @@ class Stage:
         self.history: list[dict[str, Any]] = []
         self.monitor_best = -math.inf
         self.start_epoch, self.start_step = 1, 0
+        self.saved_epochs: dict[str, int] = {}  # file name -> epoch of its last successful write
+
+    def attach_run_dir(self, run_dir: Path) -> None:
+        """Write checkpoints and train.log into ``run_dir`` from now on (a run directory exists only once
+        everything was built)."""
+        self.run_dir = run_dir
+        self.logger = get_logger("lt.train", run_dir / "train.log", quiet=self.quiet)
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> None:
@@ -119,10 +132,28 @@ class Stage:
         }
 
     def save(self, name: str, epoch: int, step: int = 0) -> Path | None:
-        """Atomically write ``<run_dir>/<name>`` (nothing without a run directory)."""
+        """Atomically write ``<run_dir>/<name>`` (nothing without a run directory); a failed write (disk full) says
+        which earlier version of the file is intact."""
         if self.run_dir is None:
             return None
-        return save_checkpoint(self.state(epoch, step), self.run_dir / name)
+        try:
+            path = save_checkpoint(self.state(epoch, step), self.run_dir / name)
+        except CheckpointError as exc:
+            previous = self.saved_epochs.get(name, self.start_epoch - 1 if self.resuming else None)
+            kept = (f"the previous {name} (epoch {previous}) is intact: free space and resume with python train.py -r "
+                    f"{self.run_dir / name}" if previous is not None else "no earlier checkpoint of this run exists")
+            raise CheckpointError(f"{exc}; {kept}") from None
+        self.saved_epochs[name] = epoch
+        return path
+
+    def save_history(self) -> None:
+        """history.csv: one row per epoch (rewritten after every epoch)."""
+        if self.run_dir is None:
+            return
+        try:
+            write_csv(self.history, self.run_dir / "history.csv")
+        except OSError as exc:
+            raise CheckpointError(f"could not write {self.run_dir / 'history.csv'}: {exc.strerror}") from None
 
     def restore(self, state: dict[str, Any], steps_per_epoch: int | None = None) -> None:
         """Load weights, optimizer, schedule, scaler, RNG and progress counters from a checkpoint of this stage."""

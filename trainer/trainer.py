@@ -23,7 +23,6 @@ from utils.device import autocast_context, synchronize
 from utils.logging import ScalarWriter, progress
 from utils.seed import Stream, numpy_generator, torch_generator
 from utils.errors import ConfigError
-from utils.tables import write_csv
 
 
 @STAGES.register("sgd")
@@ -68,6 +67,7 @@ class Trainer(Stage):
         if self.resume_state is not None:
             self.restore(self.resume_state, len(self.data.train_loader))
         self.stop = StopRequest()
+        self.writer = ScalarWriter(None, enabled=False)  # fit() opens the run's TensorBoard writer
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         """DDP under torchrun, else DataParallel for n_gpu > 1 on several visible GPUs; optional torch.compile."""
@@ -110,6 +110,7 @@ class Trainer(Stage):
         expert_sum = torch.zeros(self.num_experts, device=self.device)
         correct_sum = torch.zeros((), device=self.device)
         seen, log_every, per_expert_logged = 0, max(1, self.cfg_trainer["log_interval"]), False
+        window = (0.0, 0)  # (loss sum, images) at the last per-step log
         bar = progress(loader.batches(epoch, start_step), total_steps, f"epoch {epoch}", enabled=not self.quiet)
         bar.update(start_step)
         start = time.perf_counter()
@@ -135,10 +136,15 @@ class Trainer(Stage):
             seen += batch
             for callback in self.callbacks:
                 callback(self, epoch, step)
-            if (step + 1) % log_every == 0 and not self.quiet:  # the only per-step host sync, every log_interval steps
-                rate = seen / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{100 * float(correct_sum) / seen:.1f}",
-                                img_s=f"{rate:.0f}")
+            if (step + 1) % log_every == 0 and (not self.quiet or self.writer.enabled):
+                # the only per-step host sync, every log_interval steps: progress bar and per-step TensorBoard scalars
+                loss_total, correct_total = torch.stack([loss_sum, correct_sum]).tolist()
+                bar.set_postfix(loss=f"{loss_total / seen:.3f}", acc=f"{100 * correct_total / seen:.1f}",
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                window_loss = (loss_total - window[0]) / max(seen - window[1], 1)
+                self.writer.add_scalars({"train/loss_step": window_loss, "train/lr_step": self.optimizer.param_groups[0]["lr"]},
+                                        (epoch - 1) * total_steps + step + 1)
+                window = (loss_total, seen)
             if self._stop_requested(step, log_every):
                 bar.close()
                 path = self.save("last.pth", epoch - 1, step + 1)
@@ -174,7 +180,7 @@ class Trainer(Stage):
     def fit(self) -> dict[str, Any]:
         """Run the remaining epochs; returns the last epoch's metrics (``{'interrupted': True}`` after Ctrl-C)."""
         epochs = self.cfg_trainer["epochs"]
-        writer = ScalarWriter(self.run_dir, self.cfg_trainer["tensorboard"] and self.run_dir is not None)
+        writer = self.writer = ScalarWriter(self.run_dir, self.cfg_trainer["tensorboard"] and self.run_dir is not None)
         metrics: dict[str, Any] = {}
         try:
             with self.stop:
@@ -211,7 +217,7 @@ class Trainer(Stage):
             if better:
                 self.monitor_best = value
                 self.save("best.pth", epoch)
-        write_csv(self.history, self.run_dir / "history.csv")
+        self.save_history()
 
     def _log_epoch(self, metrics: dict[str, Any], epochs: int, writer: ScalarWriter) -> None:
         """One summary line per epoch (train.log + console) and TensorBoard scalars."""

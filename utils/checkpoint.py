@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
+import zipfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,19 +22,37 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     A crash or Ctrl-C during the write leaves the previous file at ``path`` untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             torch.save({"version": CHECKPOINT_VERSION, **state}, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
+    except (OSError, RuntimeError) as exc:  # disk full, quota, permissions: torch reports some as RuntimeError
+        _remove(tmp_name)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"could not write {path}: {reason}") from None
     except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+        _remove(tmp_name)
         raise
     return path
+
+
+def _remove(path: str | None) -> None:
+    """Delete a temporary file if it exists."""
+    if path is not None and os.path.exists(path):
+        os.unlink(path)
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete leftovers of interrupted atomic writes (``.<name>.*.tmp``, e.g. after a SIGKILL); returns them."""
+    stale = sorted(Path(folder).glob(".*.pth.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -42,17 +62,48 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
+        if not pickled_globals(path):  # random bytes also fail the weights-only unpickler
+            raise CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupt or not a PyTorch file)") from None
         raise CheckpointError(
             f"{path} contains pickled Python objects and cannot be loaded safely with weights_only=True. "
-            "Checkpoints of the original BalPoE/SADE/RIDE repos embed a ConfigParser object; re-save only their "
-            f"'state_dict' and 'config' as plain data before loading. ({str(exc).splitlines()[0]})"
+            "Checkpoints of the original BalPoE/SADE/RIDE repos embed a ConfigParser object; evaluate them with "
+            "test_all_*.py -r FILE -c CONFIG, which reads only their weights."
         ) from None
-    except (RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {exc}") from None
+    except Exception as exc:  # truncated, random bytes, another format: torch raises many different types
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason}") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a checkpoint of this framework (expected keys 'model' and 'config')")
     return state
+
+
+def pickle_streams(path: str | Path) -> list[bytes]:
+    """The pickle byte streams of a file: ``*/data.pkl`` of a torch zip checkpoint, else the file itself."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return [archive.read(name) for name in archive.namelist() if name.endswith("data.pkl")]
+    return [path.read_bytes()]
+
+
+def pickled_globals(path: str | Path) -> list[str]:
+    """``module.name`` of every class or function a pickle refers to, read without executing anything (empty when
+    the file is not a readable pickle)."""
+    names: list[str] = []
+    try:
+        for stream in pickle_streams(path):
+            strings: list[str] = []
+            for opcode, arg, _ in pickletools.genops(stream):
+                if opcode.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                if isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # not a pickle (random bytes, truncated stream)
+        return []
+    return names
 
 
 def load_weights_file(path: str | Path, what: str = "pretrained weights") -> dict[str, torch.Tensor]:
@@ -68,7 +119,7 @@ def load_weights_file(path: str | Path, what: str = "pretrained weights") -> dic
                               "and point the config at it")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+    except Exception as exc:  # unpicklable objects, truncated or foreign files
         raise CheckpointError(f"{path} is not a plain state dict loadable with weights_only=True: "
                               f"{str(exc).splitlines()[0]}") from None
     for wrapper in ("state_dict", "model"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -175,8 +176,12 @@ def expand_tau_list(spec: Any, num_experts: int, tau_min: float | None, tau_max:
             return [tau_min + (tau_max - tau_min) * i / (num_experts - 1) for i in range(num_experts)]
         return [tau_min + (tau_max - tau_min) * (i + 0.5) / num_experts for i in range(num_experts)]
     if isinstance(spec, str):
+        items = spec.replace(",", ";").split(";")
+        empty = [i + 1 for i, v in enumerate(items) if not v.strip()]
+        if empty and spec.strip():
+            raise ConfigError(f"tau_list {spec!r}: item {empty[0]} is empty; give numbers separated by ',' or ';'")
         try:
-            spec = [float(v) for v in spec.replace(",", ";").split(";") if v.strip()]
+            spec = [float(v) for v in items if v.strip()]
         except ValueError:
             raise ConfigError(f"tau_list {spec!r} is not 'limits', 'uniform' or numbers separated by ';' or ','") from None
     if not isinstance(spec, (list, tuple)) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec):
@@ -230,7 +235,35 @@ def resolve_config(config: dict[str, Any], sections: Mapping[str, SectionValidat
     for key, validate in sections.items():
         if key in config:
             config[key] = validate(config[key], config)
+    check_finite(config)
+    check_ranges(config)
     return config
+
+
+def check_finite(node: Any, where: str = "") -> None:
+    """Every number of the config is finite (nan / inf anywhere is a typo or a broken script)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            check_finite(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_finite(value, f"{where}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"'{where}' is {node}: every number in a config must be finite")
+
+
+# (dotted key, smallest allowed value, strict) for values whose sign or range the code relies on
+RANGES = [("trainer.epochs", 1, False), ("trainer.save_period", 0, False), ("trainer.val_period", 0, False),
+          ("trainer.log_interval", 1, False), ("evaluation.test_batch_size", 1, False), ("optimizer.args.lr", 0, False),
+          ("optimizer.args.weight_decay", 0, False), ("optimizer.args.momentum", 0, False)]
+
+
+def check_ranges(config: dict[str, Any]) -> None:
+    """Values outside their meaningful range are errors that name the key (e.g. --epochs 0)."""
+    for key, low, strict in RANGES:
+        value = get_by_path(config, key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (value <= low if strict else value < low):
+            raise ConfigError(f"'{key}' must be {'>' if strict else '>='} {low}, got {value}")
 
 
 def _fill_defaults(config: dict[str, Any], key: str | None, defaults: dict[str, Any], where: str | None = None) -> None:

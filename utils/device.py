@@ -16,12 +16,20 @@ def resolve_device(device: str | None) -> torch.device:
         device = "cuda"
     if not device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but no CUDA GPU is visible; use -d cpu")
     try:
-        return torch.device(device)
+        parsed = torch.device(device)
     except RuntimeError:
         raise ConfigError(f"-d/--device {device!r} is not a device: use cpu, cuda, cuda:N or a GPU list like 0,1") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"-d/--device {device!r}: only cpu and cuda devices are supported (use -d cpu, cuda, cuda:N "
+                          "or a GPU list like 0,1)")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but no CUDA GPU is visible; use -d cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) are visible "
+                              f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    return parsed
 
 
 def synchronize(device: torch.device) -> None:

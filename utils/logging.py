@@ -40,6 +40,11 @@ class ScalarWriter:
                 return
             self._writer = SummaryWriter(log_dir=str(log_dir))
 
+    @property
+    def enabled(self) -> bool:
+        """Whether scalars are written anywhere."""
+        return self._writer is not None
+
     def add_scalars(self, values: dict[str, float], step: int) -> None:
         """Log several scalars at once under their own tags."""
         if self._writer is None:

@@ -95,5 +95,8 @@ def test_real_fashion_mnist_if_installed():
         pytest.skip("Debian package dataset-fashion-mnist not installed")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the Debian files decompress to the official bytes: no checksum warning
-        train = DATASETS.get("fmnist_lt")("train", "/nonexistent", imb_factor=0.01, download=False)
+        train = DATASETS.get("fmnist_lt")("train", "/usr/share/datasets/fashion-mnist", imb_factor=0.01, download=False)
     assert train.cls_num_list == lt_class_counts(6000, 10, 0.01) and len(train) == 14886
+    with pytest.warns(UserWarning, match=r"/elsewhere: no Fashion-MNIST idx files here; using /usr/share/datasets/"):
+        fallback = DATASETS.get("fmnist_lt")("test", "/elsewhere", download=False)  # explicit folder without files
+    assert len(fallback) == 10000

@@ -109,15 +109,17 @@ def cbe_runs(fmnist_dir, tmp_path_factory):
             "--set", "data_loader.args.holdout_max_per_class=5", "--set", "evaluation.many_threshold=30",
             "--set", "evaluation.few_threshold=10", "--save_dir", str(save_dir), "--epochs", "1", "-d", "cpu", "--quiet"]
     train = data + ["--limit_batches", "2", "--batch_size", "32", "--set", "trainer.tensorboard=false"]
-    assert train_main(["-c", str(ROOT / "configs/fmnist_ir100/cbe_generalist.json"), *train]) == 0
+    assert train_main(["-c", str(ROOT / "configs/fmnist_ir100/cbe_generalist.json"), *train,
+                       "--name", "fmnist_ir100_cbe_generalist"]) == 0
     generalist = sorted(save_dir.glob("fmnist_ir100_cbe_generalist/seed*/last.pth"))[-1]
     experts = []
     for group in ("many", "medium", "few"):
         assert train_main(["-c", str(ROOT / f"configs/fmnist_ir100/cbe_{group}.json"), *train,
-                           "--set", f"init_from.checkpoint={generalist}"]) == 0
+                           "--set", f"init_from.checkpoint={generalist}", "--name", f"fmnist_ir100_cbe_{group}"]) == 0
         experts.append(sorted(save_dir.glob(f"fmnist_ir100_cbe_{group}/seed*/last.pth"))[-1])
     calibration = ["-c", str(ROOT / "configs/fmnist_ir100/cbe_calibration.json"), *data, "--epochs", "3",
-                   "--set", "arch.args.many_threshold=30", "--set", "arch.args.few_threshold=10"]
+                   "--set", "arch.args.many_threshold=30", "--set", "arch.args.few_threshold=10",
+                   "--name", "fmnist_ir100_cbe_calibration"]
     assert calibrate(calibration, experts) == 0
     final = sorted(save_dir.glob("fmnist_ir100_cbe_calibration/seed*/last.pth"))[-1]
     return generalist, experts, final, calibration

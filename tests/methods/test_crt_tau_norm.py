@@ -35,10 +35,11 @@ def crt_runs(fmnist_dir, tmp_path_factory):
     """Stage 1: the Fashion-MNIST CE config with a linear head; stage 2: the cRT config initialised from it."""
     save_dir = tmp_path_factory.mktemp("crt")
     base = fmnist_args(fmnist_dir, save_dir)
-    assert train_main(["-c", str(ROOT / "configs/fmnist_ir100/ce.json"), *base, "--set", "arch.args.use_norm=false"]) == 0
+    assert train_main(["-c", str(ROOT / "configs/fmnist_ir100/ce.json"), *base, "--set", "arch.args.use_norm=false",
+                       "--name", "fmnist_ir100_ce"]) == 0
     stage1 = last_checkpoint(save_dir, "fmnist_ir100_ce")
     assert train_main(["-c", str(ROOT / "configs/fmnist_ir100/crt.json"), *base,
-                       "--set", f"init_from.checkpoint={stage1}"]) == 0
+                       "--set", f"init_from.checkpoint={stage1}", "--name", "fmnist_ir100_crt"]) == 0
     return stage1, last_checkpoint(save_dir, "fmnist_ir100_crt")
 
 

@@ -46,10 +46,12 @@ def lws_runs(fmnist_dir, tmp_path_factory):
     save = tmp_path_factory.mktemp("lws")
     common = ["--data_dir", str(fmnist_dir), "--save_dir", str(save), "--epochs", "1", "-d", "cpu", "--quiet",
               "--batch_size", "32", "--set", "data_loader.args.imb_factor=0.1", "--set", "trainer.tensorboard=false"]
-    assert train_main(["-c", str(ROOT / "configs/fmnist_ir100/ce_linear.json"), *common, "--limit_batches", "3"]) == 0
+    assert train_main(["-c", str(ROOT / "configs/fmnist_ir100/ce_linear.json"), *common, "--limit_batches", "3",
+                       "--name", "fmnist_ir100_ce_linear"]) == 0
     stage1 = sorted(save.glob("fmnist_ir100_ce_linear/seed*/last.pth"))[-1]
     assert train_main(["-c", str(ROOT / "configs/fmnist_ir100/lws.json"), *common, "--epochs", "2",
-                       "--set", f"init_from.checkpoint={stage1}", "--set", "optimizer.args.lr=0.5"]) == 0
+                       "--set", f"init_from.checkpoint={stage1}", "--set", "optimizer.args.lr=0.5",
+                       "--name", "fmnist_ir100_lws"]) == 0
     return stage1, sorted(save.glob("fmnist_ir100_lws/seed*/last.pth"))[-1]
 
 

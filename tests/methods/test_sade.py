@@ -137,7 +137,8 @@ def test_sade_config_trains_and_test_time_aggregation_reports_weights(fmnist_dir
     config = Path(__file__).resolve().parents[2] / "configs/fmnist_ir100/sade.json"
     assert train_main(["-c", str(config), "--data_dir", str(fmnist_dir), "--save_dir", str(tmp_path), "--epochs", "1",
                        "--limit_batches", "2", "--batch_size", "32", "-d", "cpu", "--quiet",
-                       "--set", "data_loader.args.imb_factor=0.1", "--set", "trainer.tensorboard=false"]) == 0
+                       "--set", "data_loader.args.imb_factor=0.1", "--set", "trainer.tensorboard=false",
+                       "--name", "fmnist_ir100_sade"]) == 0
     checkpoint = sorted(tmp_path.glob("fmnist_ir100_sade/seed*/last.pth"))[-1]
     out = tmp_path / "results"
     assert priors_main(["forward5", "uniform", "backward5"],

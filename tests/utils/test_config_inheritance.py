@@ -16,7 +16,11 @@ IGNORED_KEYS = {"description"}  # free text: it now points to docs/methods.md in
 CBE_STAGE = {"stage": "cbe_calibration"}  # the calibration runs as a registered stage of train.py, not its own script
 # the distillation objective x E as the reference's (README, "Known differences"), so lr 0.1 means what it meant there
 RIDE_DISTILL_SCALE = {"loss.args.scale_by_num_experts": True}
+# cRT's stage 1 is the linear-head ce_linear run shared with LWS and tau-norm (a placeholder path)
+CRT_STAGE1 = {name: {"init_from.checkpoint": f"saved/{name.split('/')[0]}_ce_linear/SEED-TIME/last.pth"}
+              for name in ("cifar100_ir100/crt.json", "fmnist_ir100/crt.json")}
 INTENDED = {
+    **CRT_STAGE1,
     "cifar100_ir100/cbe_calibration.json": CBE_STAGE,
     "fmnist_ir100/cbe_calibration.json": CBE_STAGE,
     "cifar100_ir100/ride_distill.json": RIDE_DISTILL_SCALE,
