@@ -16,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from data_loader.datasets import DATASETS
+from data_loader.official_lists import check_official
 from utils.errors import ConfigError, DataError, DataNotFoundError
 from data_loader.profiles import CIFAR_TEST_PRIORS, DATASET_PRIORS, lt_class_counts, shifted_subset_indices
 
@@ -30,17 +31,22 @@ def read_image_list(path: str | Path) -> tuple[list[str], np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"image list not found: {path}. {DATA_TXT_HELP}")
+    content = path.read_bytes()
+    check_official(path, content)
+    try:
+        text = content.decode()
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not a text file of 'relative/path label' lines") from None
     paths, labels = [], []
-    with path.open() as handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise DataError(f"{path}:{number}: expected 'relative/path/to/image.jpg <integer label>', got {line!r}")
-            paths.append(parts[0])
-            labels.append(int(parts[1]))
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise DataError(f"{path}:{number}: expected 'relative/path/to/image.jpg <integer label>', got {line!r}")
+        paths.append(parts[0])
+        labels.append(int(parts[1]))
     if not paths:
         raise DataError(f"{path} holds no images")
     return paths, np.asarray(labels, dtype=np.int64)
@@ -216,7 +222,7 @@ _register_txt("imagenet_lt", "ImageNet-LT (1000 classes, 115,846 train images, t
 _register_txt("inat2018", "iNaturalist 2018 (8142 classes; its val list is the test list)", "data/iNaturalist",
               "data_txt/iNaturalist18", "iNaturalist18_", "iNaturalist18_train.txt", "iNaturalist18_val.txt", 8142,
               INAT_MEAN, INAT_STD, 1000, 3, 2 / 1000, True)
-_register_txt("places_lt", "Places-LT (365 classes, 62,500 train images)", "data/places365", "data_txt/Places_LT",
+_register_txt("places_lt", "Places-LT (365 classes, 62,500 train images)", "data/places365", "data_txt/Places_LT_v2",
               "Places_LT_", "Places_LT_train.txt", "Places_LT_test.txt", 365, IMAGENET_MEAN, IMAGENET_STD, 4980, 100,
               5 / 4980, True)
 _register_txt("txt_list", "Custom long-tailed data set from your own txt lists (num_classes inferred when omitted)",

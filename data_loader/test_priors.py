@@ -22,16 +22,20 @@ def write_list(path: Path, paths: Sequence[str], labels: Sequence[int]) -> Path:
     return path
 
 
-def make_test_priors(test_list: Path, train_list: Path, out_dir: Path, prefix: str, priors: Sequence[str],
-                     seed: int = 0, num_classes: int | None = None) -> list[Path]:
-    """Write ``<out_dir>/<prefix><prior>.txt`` for every prior from a balanced test list and the training list."""
+def train_counts_from_list(train_list: Path, num_classes: int | None = None) -> list[int]:
+    """Training images per class counted from a training list."""
+    _, labels = read_image_list(train_list)
+    return np.bincount(labels, minlength=num_classes or int(labels.max()) + 1).tolist()
+
+
+def make_test_priors(test_list: Path, train_counts: Sequence[int], out_dir: Path, prefix: str, priors: Sequence[str],
+                     seed: int = 0) -> list[Path]:
+    """Write ``<out_dir>/<prefix><prior>.txt`` for every prior from a balanced test list and the training counts."""
     test_paths, test_labels = read_image_list(test_list)
-    _, train_labels = read_image_list(train_list)
-    classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
-    train_counts = np.bincount(train_labels, minlength=classes).tolist()
+    counts = list(train_counts) + [0] * max(0, int(test_labels.max()) + 1 - len(train_counts))
     written = []
     for prior in priors:
-        keep = shifted_subset_indices(test_labels, train_counts, prior, seed)
+        keep = shifted_subset_indices(test_labels, counts, prior, seed)
         written.append(write_list(out_dir / f"{prefix}{prior}.txt", [test_paths[i] for i in keep], test_labels[keep]))
     return written
 

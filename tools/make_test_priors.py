@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Sequence
 
 from data_loader.profiles import CIFAR_TEST_PRIORS, DATASET_PRIORS
-from data_loader.test_priors import default_prefix, make_test_priors
+from data_loader.official_lists import read_class_counts
+from data_loader.test_priors import default_prefix, make_test_priors, train_counts_from_list
 from tools.common import run_tool
 
 
@@ -20,7 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "list and the training list (procedure: docs/methods.md, shifted test "
                                             "priors).")
     p.add_argument("--test_list", required=True, help="balanced test list, e.g. data_txt/ImageNet_LT/ImageNet_LT_test.txt")
-    p.add_argument("--train_list", required=True, help="training list (its per-class counts rank the classes)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--train_list", help="training list (its per-class counts rank the classes)")
+    source.add_argument("--train_counts", help="per-class training counts instead ('label count' lines), e.g. "
+                                               "data_txt/ImageNet_LT/ImageNet_LT_train_counts.txt")
     p.add_argument("--out_dir", help="folder for the lists (default: the test list's folder)")
     p.add_argument("--prefix", help="file name prefix, e.g. ImageNet_LT_ (default: the test list's name without "
                                     "its trailing 'test' or 'val')")
@@ -36,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
     test_list = Path(args.test_list)
     priors = args.priors or DATASET_PRIORS.get(args.dataset or "", CIFAR_TEST_PRIORS)
     prefix = args.prefix if args.prefix is not None else default_prefix(test_list.stem)
-    written = make_test_priors(test_list, Path(args.train_list), Path(args.out_dir or test_list.parent), prefix,
-                               priors, args.seed, args.num_classes)
+    counts = (read_class_counts(args.train_counts) if args.train_counts
+              else train_counts_from_list(Path(args.train_list), args.num_classes))
+    written = make_test_priors(test_list, counts, Path(args.out_dir or test_list.parent), prefix, priors, args.seed)
     for path in written:
         print(f"wrote {path} ({sum(1 for _ in path.open())} images)")
     return 0

@@ -19,8 +19,12 @@ RIDE_DISTILL_SCALE = {"loss.args.scale_by_num_experts": True}
 # cRT's stage 1 is the linear-head ce_linear run shared with LWS and tau-norm (a placeholder path)
 CRT_STAGE1 = {name: {"init_from.checkpoint": f"saved/{name.split('/')[0]}_ce_linear/SEED-TIME/last.pth"}
               for name in ("cifar100_ir100/crt.json", "fmnist_ir100/crt.json")}
+# Places-LT reads the shipped official (SADE v2, frequency-relabelled) lists
+PLACES_V2 = {name: {"data_loader.args.txt_dir": "data_txt/Places_LT_v2"}
+             for name in ("places_lt/balpoe_resnet152.json", "places_lt/sade_resnet152.json")}
 INTENDED = {
     **CRT_STAGE1,
+    **PLACES_V2,
     "cifar100_ir100/cbe_calibration.json": CBE_STAGE,
     "fmnist_ir100/cbe_calibration.json": CBE_STAGE,
     "cifar100_ir100/ride_distill.json": RIDE_DISTILL_SCALE,
