@@ -101,11 +101,15 @@ def _check(split: str, holdout_fraction: float, group: str | None, open_ratio: f
 def subset(split: str = "train", base: dict[str, Any] | None = None, holdout_fraction: float = 0.0,
            holdout_max_per_class: int = 20, group: str | None = None, open_ratio: float = 16.0,
            test_open_ratio: float = 1.0, many_threshold: int = 100, few_threshold: int = 20,
-           seed: int = 0) -> ImageTensorDataset:
-    """A held-out part of ``base``'s training split and/or one class group of it with an "other" class."""
+           seed: int = 0, data_dir: str | None = None) -> ImageTensorDataset:
+    """A held-out part of ``base``'s training split and/or one class group of it with an "other" class.
+
+    ``data_dir`` (optional) replaces ``base.args.data_dir``, so --data_dir works as for any data set."""
     _check(split, holdout_fraction, group, open_ratio, test_open_ratio)
     if not base:
         raise ConfigError('data_loader.args.base must name the wrapped data set, e.g. {"type": "cifar100_lt", "args": {...}}')
+    if data_dir is not None:
+        base = {**base, "args": {**(base.get("args") or {}), "data_dir": data_dir}}
     full = DATASETS.build(base, "data_loader.args.base", split="train") if split != "test" or group else None
     if split == "test":
         data = DATASETS.build(base, "data_loader.args.base", split="test")

@@ -11,11 +11,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
+import pandas as pd
 import torch
 import torch.nn as nn
 
 from data_loader.factory import DataBundle, build_data, split_loader_args
-from data_loader.profiles import parse_test_prior
+from data_loader.profiles import CIFAR_TEST_PRIORS, DATASET_PRIORS, parse_test_prior
 from evaluation.hooks import AGGREGATIONS, POSTHOC, REPORTERS, PosthocContext
 from evaluation.logits import collect_logits
 from evaluation.report import masks_for, prior_reports, uniform_report
@@ -24,9 +25,9 @@ from utils.checkpoint import load_checkpoint
 from utils.config import config_stem
 from utils.device import resolve_device
 from utils.errors import CheckpointError
-from utils.tables import plot_priors, render, seed_table, wide_table, write_csv
+from utils.tables import (GROUPS, PaperTable, paper_table, plot_priors, to_latex, to_markdown, to_text, wide_view,
+                          write_csv)
 
-GROUPS = ("many", "medium", "few", "all")
 
 
 @dataclass
@@ -56,6 +57,8 @@ class EvalOptions:
     posthoc: Sequence[str] = ("none",)
     aggregation: str = "mean"
     quiet: bool = False
+    format: str = "paper"  # console layout: paper | long | wide
+    auto_out: bool = True  # several checkpoints without ``out``: write the files to results/<name>-<time>/
 
 
 def _checkpoints_in(path: Path) -> list[Path]:
@@ -128,19 +131,31 @@ def _out_dir(options: EvalOptions, runs: Sequence[LoadedRun], script: str) -> Pa
     """Where result files go: --out, or an automatic folder when several checkpoints are evaluated."""
     if options.out:
         return Path(options.out)
-    if len(runs) > 1:
+    if len(runs) > 1 and options.auto_out:
         return Path("results") / f"{config_stem(runs[0].config['name'])}-{script}-{datetime.now():%Y%m%d-%H%M%S}"
     return None
 
 
-def _write(out_dir: Path | None, rows: list[dict[str, Any]], tables: list[tuple[str, list[str], list[list[Any]]]]) -> None:
-    """results.csv (tidy), results.md and results.tex with every printed table."""
+def _write(out_dir: Path | None, results: pd.DataFrame, tables: list[PaperTable], quiet: bool) -> None:
+    """results.csv (tidy, full precision), results.md and results.tex (the paper-style tables)."""
     if out_dir is None:
         return
-    write_csv(rows, out_dir / "results.csv")
-    (out_dir / "results.md").write_text("\n\n".join(render(h, b, "markdown", c) for c, h, b in tables) + "\n")
-    (out_dir / "results.tex").write_text("\n\n".join(render(h, b, "latex", c) for c, h, b in tables) + "\n")
-    print(f"\nwrote {out_dir}/results.csv, results.md, results.tex")
+    write_csv(results, out_dir / "results.csv")
+    (out_dir / "results.md").write_text("\n\n".join(to_markdown(t) for t in tables) + "\n")
+    (out_dir / "results.tex").write_text("\n\n".join(to_latex(t) for t in tables) + "\n")
+    if not quiet:
+        print(f"\nwrote {out_dir}/results.csv, results.md, results.tex")
+
+
+def show(results: pd.DataFrame, tables: list[PaperTable], fmt: str, metrics: Sequence[str], column_key: str | None) -> None:
+    """Print the results in the requested layout: paper tables, the tidy long table, or one row per run."""
+    with pd.option_context("display.width", 250, "display.max_columns", 200, "display.max_rows", 500):
+        if fmt == "long":
+            print(results.drop(columns=["checkpoint"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        elif fmt == "wide" and column_key:
+            print(wide_view(results, metrics, column_key).to_string(float_format=lambda v: f"{v:.2f}"))
+        else:
+            print("\n\n".join(to_text(t) for t in tables))
 
 
 def load_runs(options: EvalOptions) -> list[tuple[LoadedRun, DataBundle]]:
@@ -160,9 +175,9 @@ def _base_row(run: LoadedRun) -> dict[str, Any]:
 UNIFORM_COLUMNS = list(GROUPS) + ["ece", "mce", "nll", "brier"]
 
 
-def evaluate_uniform(options: EvalOptions) -> list[dict[str, Any]]:
+def evaluate_uniform(options: EvalOptions) -> pd.DataFrame:
     """Uniform test set: top-1, many/medium/few, ECE/MCE (15 bins), NLL, Brier, per-expert top-1, plus the columns
-    of every registered reporter (e.g. a router's experts used and expected compute)."""
+    of every registered reporter (e.g. a router's experts used and expected compute). One row per checkpoint."""
     loaded = load_runs(options)
     rows, captions = [], []
     for run, data in loaded:
@@ -178,20 +193,18 @@ def evaluate_uniform(options: EvalOptions) -> list[dict[str, Any]]:
                 if caption and caption not in captions:
                     captions.append(caption)
         rows.append({**_base_row(run), "prior": "uniform", **report})
-    seen = list(dict.fromkeys(k for r in rows for k in r))
-    experts = sorted((k for k in seen if k.startswith("expert") and k[len("expert"):].isdigit()),
+    results = pd.DataFrame(rows)
+    experts = sorted((k for k in results if k.startswith("expert") and k[len("expert"):].isdigit()),
                      key=lambda k: int(k[len("expert"):]))
-    extra = [k for k in seen if k not in UNIFORM_COLUMNS and k not in experts
-             and k not in ("checkpoint", "run", "seed", "method", "prior")]
+    extra = [k for k in results if k not in UNIFORM_COLUMNS + experts + ["checkpoint", "run", "seed", "method", "prior"]]
     columns = UNIFORM_COLUMNS + experts + extra
-    header, body = seed_table([{**r, "metric": c, "value": r.get(c, float("nan"))} for r in rows for c in columns],
-                              "metric", columns, "value", group_key="method")
     caption = "; ".join(["uniform test set: top-1 (%) all/many/medium/few, ECE/MCE (%), NLL, Brier, per-expert top-1 (%)"]
                         + captions)
+    tables = [paper_table(results, columns, column_key=None, caption=caption)]
     if not options.quiet:
-        print(render(header, body, "text", caption))
-    _write(_out_dir(options, [r for r, _ in loaded], "test"), rows, [(caption, header, body)])
-    return rows
+        show(results, tables, options.format, columns, None)
+    _write(_out_dir(options, [r for r, _ in loaded], "test"), results, tables, options.quiet)
+    return results
 
 
 def posthoc_caption(mode: str) -> str:
@@ -199,22 +212,16 @@ def posthoc_caption(mode: str) -> str:
     return "" if mode == "none" else getattr(POSTHOC.get(mode), "caption", f" with posthoc correction '{mode}'")
 
 
-def _prior_tables(rows: list[dict[str, Any]], posthoc: Sequence[str], priors: Sequence[str], single: bool
-                  ) -> list[tuple[str, list[str], list[list[Any]]]]:
-    """Per post-hoc mode: one wide table (single run) or one seed table per metric (several runs)."""
-    tables = []
-    for mode in posthoc:
-        subset = [r for r in rows if r["posthoc"] == mode]
-        extra = [k for k in subset[0] if k == "prior_tv" or (k.startswith("w") and k[1:].isdigit())]
-        suffix = posthoc_caption(mode)
-        if single:
-            header, body = wide_table(subset, "prior", list(GROUPS) + extra)
-            tables.append((f"test-agnostic evaluation{suffix}: top-1 (%)" + (", " + ", ".join(extra) if extra else ""),
-                           header, body))
-            continue
-        for key in list(GROUPS) + extra:
-            header, body = seed_table(subset, "prior", priors, key, group_key="method")
-            tables.append((f"{key} accuracy (%){suffix}" if key in GROUPS else f"{key}{suffix}", header, body))
+def prior_tables(results: pd.DataFrame, priors: Sequence[str]) -> list[PaperTable]:
+    """The paper table (priors as column groups of many/medium/few/all) plus one for each extra column
+    (the EM estimate's prior_tv, test-time aggregation weights w0..)."""
+    modes = [posthoc_caption(m).strip() for m in dict.fromkeys(results["posthoc"]) if m != "none"]
+    caption = "test-agnostic evaluation: top-1 (%) per test prior" + (f"; {'; '.join(modes)}" if modes else "")
+    tables = [paper_table(results, GROUPS, "prior", priors, caption=caption)]
+    extra = [k for k in results if k == "prior_tv" or (k.startswith("w") and k[1:].isdigit())]
+    if extra:
+        tables.append(paper_table(results.dropna(subset=extra, how="all"), extra, "prior", priors,
+                                  caption=", ".join(extra) + " per test prior"))
     return tables
 
 
@@ -227,12 +234,13 @@ def check_prior_options(options: EvalOptions) -> None:
     AGGREGATIONS.get(options.aggregation, where="--aggregation")
 
 
-def evaluate_priors(options: EvalOptions) -> list[dict[str, Any]]:
-    """Every test prior from one set of logits per checkpoint; optional test-time aggregation and post-hoc correction."""
+def evaluate_priors(options: EvalOptions) -> pd.DataFrame:
+    """Every test prior from one set of logits per checkpoint; optional test-time aggregation and post-hoc correction.
+    One row per checkpoint x prior x correction."""
     check_prior_options(options)
-    priors, posthoc = list(options.priors), list(options.posthoc)
     aggregate = AGGREGATIONS.get(options.aggregation)
     loaded = load_runs(options)
+    priors = list(options.priors) or default_priors(loaded[0][0].config)
     rows: list[dict[str, Any]] = []
     for run, data in loaded:
         expert_logits, targets = collect_logits(run.model, data.test_loader, run.config["trainer"].get("amp", "off"))
@@ -240,14 +248,21 @@ def evaluate_priors(options: EvalOptions) -> list[dict[str, Any]]:
         masks = masks_for(run.cls_num_list, run.config["evaluation"])
         weights = aggregate(run, data, subsets)
         context = PosthocContext(run.cls_num_list, run.config["evaluation"])
-        rows += [{**_base_row(run), **r} for r in prior_reports(expert_logits, targets, subsets, masks, posthoc, weights, context)]
-    tables = _prior_tables(rows, posthoc, priors, single=len(loaded) == 1)
+        base = {**_base_row(run), "aggregation": options.aggregation}
+        rows += [{**base, **r} for r in prior_reports(expert_logits, targets, subsets, masks, options.posthoc, weights, context)]
+    results = pd.DataFrame(rows)
+    tables = prior_tables(results, priors)
     if not options.quiet:
-        for caption, header, body in tables:
-            print(render(header, body, "text", caption) + "\n")
+        show(results, tables, options.format, GROUPS, "prior")
     out_dir = _out_dir(options, [r for r, _ in loaded], "test_all")
-    _write(out_dir, rows, tables)
+    _write(out_dir, results, tables, options.quiet)
     if out_dir is not None:
-        plot = plot_priors(rows, priors, out_dir / "accuracy_vs_prior.png", title=f"{loaded[0][0].config['name']}")
-        print(f"wrote {plot}")
-    return rows
+        plot = plot_priors(results, priors, out_dir / "accuracy_vs_prior.png", title=f"{loaded[0][0].config['name']}")
+        if not options.quiet:
+            print(f"wrote {plot}")
+    return results
+
+
+def default_priors(config: dict[str, Any]) -> list[str]:
+    """The test priors of the configured data set's protocol (CIFAR-style 11 priors unless it has its own list)."""
+    return list(DATASET_PRIORS.get(config["data_loader"].get("type"), CIFAR_TEST_PRIORS))

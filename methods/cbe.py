@@ -281,7 +281,10 @@ class CalibrationStage(Stage):
     def __init__(self, config: dict[str, Any], device: torch.device, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, device, *args, **kwargs)
         self.validate_config(config)
-        base = _data_args(config)["base"]
+        data_args = _data_args(config)
+        base = data_args["base"]
+        if data_args.get("data_dir"):  # the subset's data_dir replaces the wrapped data set's
+            base = {**base, "args": {**(base.get("args") or {}), "data_dir": data_args["data_dir"]}}
         self.cls_num_list = DATASETS.build(base, "data_loader.args.base", split="train").cls_num_list
         held = build_dataset(config, "val").to(device)
         self.model = build_model(config, held.num_classes, held.image_shape[0], self.cls_num_list).to(device)

@@ -9,7 +9,6 @@ import argparse
 import sys
 from typing import Any, Sequence
 
-from data_loader.profiles import CIFAR_TEST_PRIORS
 from evaluation.runner import EvalOptions, evaluate_priors, evaluate_uniform
 from tools.common import add_method_flags, add_set_argument, method_flag_overrides, run_tool, set_overrides
 
@@ -25,6 +24,10 @@ def build_parser(description: str, with_priors: bool) -> argparse.ArgumentParser
     p.add_argument("--data_dir", help="override the data directory stored in the checkpoint's config")
     p.add_argument("--batch_size", type=int, help="evaluation batch size (default: evaluation.test_batch_size)")
     p.add_argument("--out", help="folder for results.csv/.md/.tex (+ plot); default results/<name>-<time> for several checkpoints")
+    p.add_argument("--format", choices=("paper", "long", "wide"), default="paper",
+                   help="console layout: paper (methods or seeds as rows, mean ± std, best in bold in the files), long "
+                        "(the tidy table: one row per checkpoint x prior x correction) or wide (one row per run); "
+                        "results.csv is always the tidy table, results.md/.tex the paper tables")
     add_set_argument(p, "evaluation.source_prior=train")
     if with_priors:
         p.add_argument("--posthoc_bias_correction", nargs="?", const="oracle", metavar="oracle|estimate",
@@ -53,7 +56,7 @@ def options_from_args(args: argparse.Namespace, tool: str, priors: Sequence[str]
     if args.batch_size:
         overrides.append(("evaluation.test_batch_size", args.batch_size))
     overrides += method_flag_overrides(args, tool) + set_overrides(args)
-    options = EvalOptions(args.resume, args.device, overrides, args.out)
+    options = EvalOptions(args.resume, args.device, overrides, args.out, format=args.format)
     if tool == "test_all":
         options.priors = split_names(args.priors) or list(priors)
         options.posthoc = ["none"] + ([args.posthoc_bias_correction] if args.posthoc_bias_correction else [])
@@ -61,17 +64,28 @@ def options_from_args(args: argparse.Namespace, tool: str, priors: Sequence[str]
     return options
 
 
+def _done(results: Any) -> int:
+    """Exit code of a finished evaluation."""
+    return 0
+
+
 def uniform_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of test.py."""
     parser = build_parser("Evaluate checkpoints on the uniform test set.", with_priors=False)
-    return run_tool(parser, lambda args: evaluate_uniform(options_from_args(args, "test")) and 0, argv)
+    return run_tool(parser, lambda args: _done(evaluate_uniform(options_from_args(args, "test"))), argv)
 
 
-def priors_main(priors: Sequence[str] = CIFAR_TEST_PRIORS, argv: Sequence[str] | None = None, description: str = "") -> int:
-    """Entry point of the test_all_*.py scripts: they differ only in ``priors`` (and the data set in the checkpoint)."""
+def priors_main(priors: Sequence[str] = (), argv: Sequence[str] | None = None, description: str = "") -> int:
+    """Entry point of the test_all_*.py scripts: they differ only in ``priors`` (default: the checkpoint's data set's
+    protocol, e.g. forward3 ... backward3 for iNaturalist)."""
     parser = build_parser(description or "Evaluate checkpoints under shifted test class priors.", with_priors=True)
-    return run_tool(parser, lambda args: evaluate_priors(options_from_args(args, "test_all", priors)) and 0, argv)
+    return run_tool(parser, lambda args: _done(evaluate_priors(options_from_args(args, "test_all", priors))), argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tools.evaluate`` / ``lt-test-all``: every test prior of the checkpoint's data set."""
+    return priors_main(argv=argv)
 
 
 if __name__ == "__main__":
-    sys.exit(priors_main())
+    sys.exit(main())

@@ -9,15 +9,9 @@ from tools.common import (add_method_flags, add_set_argument, method_flag_overri
                           set_overrides)
 from trainer.run import config_for_run, dry_run_summary, train
 from trainer.distributed import context_from_env
-from utils.config import load_config, parse_cli_value
+from utils.config import SHORTCUT_KEYS, load_config, parse_cli_value
 from utils.device import resolve_device
 
-# Shortcut flags -> the config key they override.
-OVERRIDE_FLAGS = {
-    "seed": "seed", "epochs": "trainer.epochs", "batch_size": "data_loader.args.batch_size", "lr": "optimizer.args.lr",
-    "num_experts": "arch.args.num_experts", "tau_list": "loss.args.tau_list", "data_dir": "data_loader.args.data_dir",
-    "save_dir": "trainer.save_dir",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def overrides_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
     """Shortcut flags, method flags and --set pairs as (dotted key, value), in that order."""
     pairs = []
-    for flag, path in OVERRIDE_FLAGS.items():
+    for flag, path in SHORTCUT_KEYS.items():
         value = getattr(args, flag, None)
         if value is not None:
             pairs.append((path, parse_cli_value(value) if flag == "tau_list" else value))

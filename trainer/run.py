@@ -110,11 +110,13 @@ def check_save_dir(config: dict[str, Any]) -> None:
 def train(config: dict[str, Any], device: str | torch.device | None = None, resume: str | Path | None = None,
           resume_state: dict[str, Any] | None = None, limit_batches: int | None = None,
           limit_val_batches: int | None = None, quiet: bool = False,
-          callbacks: Sequence[Callable[[Any, int, int], None]] = ()) -> RunResult:
+          callbacks: Sequence[Callable[[Any, int, int], None]] = (),
+          on_run_dir: Callable[[Path], None] | None = None) -> RunResult:
     """Run the stage of a resolved ``config`` in a new run directory (or continue ``resume``'s run).
 
     Everything is validated and built (data, model, earlier stages' weights) before the run directory is created,
-    so a run that cannot start leaves nothing behind.
+    so a run that cannot start leaves nothing behind. ``on_run_dir`` is told the run directory as soon as it exists
+    (pipelines record it, so an interrupted stage is resumed rather than restarted).
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
     check_run_inputs(config, resuming=resume is not None)
@@ -133,6 +135,8 @@ def train(config: dict[str, Any], device: str | torch.device | None = None, resu
                 run_dir = make_run_dir(config["trainer"]["save_dir"], config["name"], config["seed"])
             write_run_config(run_dir, config)
             stage.attach_run_dir(run_dir)
+            if on_run_dir is not None:
+                on_run_dir(run_dir)
         for path in stale:
             stage.logger.info(f"removed {path.name}, left by an interrupted checkpoint write")
         stage.logger.info(f"run directory: {run_dir}")

@@ -20,6 +20,12 @@ CORE_KEYS = {
     "imports": list,       # extra plugin modules to import before building (your own methods)
 }
 REQUIRED_KEYS = ("name", "arch", "data_loader", "loss", "optimizer", "trainer")
+# Short names of the keys people override most (train.py flags and API keyword arguments).
+SHORTCUT_KEYS = {
+    "seed": "seed", "epochs": "trainer.epochs", "batch_size": "data_loader.args.batch_size", "lr": "optimizer.args.lr",
+    "num_experts": "arch.args.num_experts", "tau_list": "loss.args.tau_list", "data_dir": "data_loader.args.data_dir",
+    "save_dir": "trainer.save_dir",
+}
 
 # Trainer options with their defaults; every speed switch lives here or in arch.args.
 TRAINER_DEFAULTS: dict[str, Any] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,8 +54,10 @@ def calibration_errors(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 
     confidence, pred = probs.max(dim=1)
     correct = (pred == target).double()
     confidence = confidence.double()
-    # bin b holds confidences in (b/n, (b+1)/n]; a confidence of exactly 0 belongs to no bin
-    bins = torch.ceil(confidence * n_bins).long() - 1
+    # bin b holds confidences in (edge_b, edge_b+1] with the edges of np.linspace(0, 1, n + 1), compared exactly as the
+    # reference does (ceil(conf * n) differs by one bin for a few confidences one ulp above an edge); 0 is in no bin
+    edges = torch.from_numpy(np.linspace(0.0, 1.0, n_bins + 1)).to(confidence.device)
+    bins = torch.searchsorted(edges, confidence, right=False) - 1
     valid = bins >= 0
     bins, correct, confidence = bins[valid], correct[valid], confidence[valid]
     count = torch.bincount(bins, minlength=n_bins).double()

@@ -63,12 +63,13 @@ class RIDELoss(ExpertLoss):
         self.reweighting = False
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Deferred re-weighting: class weights and per-class temperatures for epochs > reweight_epoch (-1: never)."""
-        self.reweighting = self.reweight_epoch >= 0 and epoch > self.reweight_epoch
+        """Deferred re-weighting: class weights and per-class temperatures for epochs > reweight_epoch (-1 or
+        ``reweight`` false: never, as the BalPoE/SADE copy of the reference loss)."""
+        self.reweighting = self.reweight and self.reweight_epoch >= 0 and epoch > self.reweight_epoch
 
     def temperature(self) -> tuple[torch.Tensor | float, float]:
         """The diversity temperature (per-class vector or scalar T0) and its class mean Tbar."""
-        if self.reweighting and self.reweight:
+        if self.reweighting:
             return self.diversity_temperature * self.temperature_weights, self.weighted_temperature_mean
         return self.diversity_temperature, self.diversity_temperature
 

@@ -102,7 +102,7 @@ def test_router_evaluation_reports_experts_and_threshold(ride_runs, capsys):
     checkpoint = str(ride_runs["router"] / "last.pth")
     parser = build_parser("test", with_priors=False)
     rows = {t: evaluate_uniform(options_from_args(parser.parse_args(["-r", checkpoint, "-d", "cpu", "--router_threshold",
-                                                                     str(t)]), "test"))[0]
+                                                                     str(t)]), "test")).iloc[0]
             for t in (0.0, 1.0)}
     out = capsys.readouterr().out
     assert "experts_mean" in out and "pct_1_experts" in out and "mmacs" in out

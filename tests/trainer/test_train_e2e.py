@@ -63,13 +63,15 @@ def test_test_all_tables_csv_and_plot(trained, tmp_path, capsys):
                          ["-r", str(dirs[0]), str(dirs[1]), "-d", "cpu", "--posthoc_bias_correction", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
-    assert "all accuracy (%) with posthoc bias correction" in out
+    assert "with posthoc bias correction (log test prior added)" in out
+    assert "tiny_balpoe + oracle" in out and "±" in out  # rows: the method and its corrected version, over 2 seeds
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert len(rows) == 2 * 3 * 2  # checkpoints x priors x (plain, corrected)
     assert {"checkpoint", "seed", "prior", "many", "medium", "few", "all"} <= set(rows[0])
     uniform = [r for r in rows if r["prior"] == "uniform"]
     assert len({r["all"] for r in uniform if r["seed"] == "1"}) == 1  # correction is a no-op on the uniform prior
-    assert (tmp_path / "results.tex").read_text().count(r"\begin{tabular}") == 8
+    tex = (tmp_path / "results.tex").read_text()
+    assert tex.count(r"\begin{tabular}") == 1 and r"\multicolumn{4}{c}{forward5}" in tex
     assert (tmp_path / "accuracy_vs_prior.png").stat().st_size > 1000
 
 

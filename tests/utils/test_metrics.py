@@ -7,7 +7,6 @@ import torch
 from evaluation.posthoc import log_test_prior
 from evaluation.report import prior_reports, uniform_report
 from utils.metrics import accuracy_report, calibration_errors, group_accuracy, mean_std, per_class_accuracy, shot_masks
-from utils.tables import plot_priors, read_csv, render, seed_table, write_csv
 
 
 def test_shot_masks_thresholds():
@@ -61,32 +60,3 @@ def test_posthoc_correction_shifts_predictions_towards_test_prior():
     assert plain["all"] == pytest.approx(10.0)  # always predicts class 1
     assert corrected["all"] == pytest.approx(90.0)  # log(0.9) - log(0.1) = 2.2 > 0.2 flips every prediction to 0
     assert log_test_prior(target, 3)[2] == -math.inf
-
-
-def test_seed_table_mean_std_from_known_numbers(tmp_path):
-    rows = [{"run": f"seed{s}", "prior": p, "all": v} for s, vals in ((1, (50.0, 60.0)), (2, (52.0, 64.0)), (3, (54.0, 56.0)))
-            for p, v in zip(("uniform", "forward5"), vals)]
-    header, body = seed_table(rows, "prior", ["uniform", "forward5"], "all")
-    assert header == ["run", "uniform", "forward5"]
-    assert body[3] == ["mean", pytest.approx(52.0), pytest.approx(60.0)]
-    assert body[4][1] == pytest.approx(2.0) and body[4][2] == pytest.approx(4.0)  # sample std (ddof=1)
-    assert mean_std([1.0, float("nan"), 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
-    md = render(header, body, "markdown")
-    assert "| mean" in md and "52.00" in md and md.splitlines()[1].startswith("|--")
-    tex = render(header, body, "latex", "caption_x")
-    assert r"\toprule" in tex and "52.00" in tex and r"caption\_x" in tex
-    path = write_csv(rows, tmp_path / "r.csv")
-    back = read_csv(path)
-    assert back[0]["all"] == 50.0 and back[0]["prior"] == "uniform"
-    png = plot_priors([{**r, "posthoc": False} for r in rows], ["forward5", "uniform"], tmp_path / "p.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_seed_table_groups_methods():
-    rows = [{"run": f"{m}/seed{s}", "method": m, "prior": "uniform", "all": v}
-            for m, vals in (("ce", (80.0, 82.0)), ("balpoe", (90.0, 94.0))) for s, v in zip((1, 2), vals)]
-    _, body = seed_table(rows, "prior", ["uniform"], "all", group_key="method")
-    labels = [r[0] for r in body]
-    assert labels == ["ce/seed1", "ce/seed2", "ce mean", "ce std", "balpoe/seed1", "balpoe/seed2", "balpoe mean", "balpoe std"]
-    assert body[2][1] == pytest.approx(81.0) and body[6][1] == pytest.approx(92.0)
-    assert body[7][1] == pytest.approx(math.sqrt(8.0))
