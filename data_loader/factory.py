@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from data_loader.datasets import DATASETS, ImageTensorDataset, dataset_info
 from data_loader.loader import LOADERS, SAMPLERS, BatchLoader
-from utils.errors import ConfigError
+from utils.errors import ConfigError, DataNotFoundError
 
 # Keys of data_loader.args that configure the loader rather than the data set itself.
 # batch_size is the GLOBAL batch of one optimizer step; under torchrun each of W processes takes batch_size / W.
@@ -52,6 +53,24 @@ def build_dataset(config: dict[str, Any], split: str) -> ImageTensorDataset:
     block = config["data_loader"]
     dataset_args, _ = split_loader_args(block)
     return DATASETS.build({"type": block.get("type"), "args": dataset_args}, "data_loader", split=split)
+
+
+def training_counts(config: dict[str, Any]) -> list[int]:
+    """Training images per class of the configured data set: counted from the training split, or, when its list is
+    not available (ImageNet-LT's is not shipped), read from ``<txt_dir>/<prefix>train_counts.txt``."""
+    try:
+        return build_dataset(config, "train").cls_num_list
+    except DataNotFoundError:
+        args, _ = split_loader_args(config["data_loader"])
+        defaults = {k: p.default for k, p in DATASETS.signature(config["data_loader"]["type"]).items()}
+        txt_dir, prefix = args.get("txt_dir", defaults.get("txt_dir")), args.get("prior_list_prefix",
+                                                                                 defaults.get("prior_list_prefix"))
+        counts = Path(str(txt_dir)) / f"{prefix}train_counts.txt" if txt_dir and prefix else None
+        if counts is None or not counts.is_file():
+            raise
+        from data_loader.official_lists import read_class_counts
+
+        return read_class_counts(counts)
 
 
 def loader_kind(dataset_type: str, dataset_args: dict[str, Any]) -> str:

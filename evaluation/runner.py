@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import json
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -15,14 +16,16 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from data_loader.factory import DataBundle, build_data, split_loader_args
+from data_loader.factory import DataBundle, build_data, split_loader_args, training_counts
+from model.original_weights import convert_original_state_dict
 from data_loader.profiles import CIFAR_TEST_PRIORS, DATASET_PRIORS, parse_test_prior
 from evaluation.hooks import AGGREGATIONS, POSTHOC, REPORTERS, PosthocContext
 from evaluation.logits import collect_logits
 from evaluation.report import masks_for, prior_reports, uniform_report
-from trainer.build import model_from_checkpoint
+from trainer.build import build_model, input_channels, load_weights, model_from_checkpoint, resolve
 from utils.checkpoint import load_checkpoint
-from utils.config import config_stem
+from utils.config import apply_overrides, config_stem, load_config
+from utils.foreign import read_foreign_checkpoint
 from utils.device import resolve_device
 from utils.errors import CheckpointError
 from utils.tables import (GROUPS, PaperTable, paper_table, plot_priors, to_latex, to_markdown, to_text, wide_view,
@@ -59,6 +62,7 @@ class EvalOptions:
     quiet: bool = False
     format: str = "paper"  # console layout: paper | long | wide
     auto_out: bool = True  # several checkpoints without ``out``: write the files to results/<name>-<time>/
+    config: str | None = None  # a config file: replaces the checkpoint's sections; required for original checkpoints
 
 
 def _checkpoints_in(path: Path) -> list[Path]:
@@ -105,11 +109,49 @@ class TestData:
         return self._cache[key]
 
 
-def prepare(path: Path, device: torch.device, test_data: TestData, overrides: Sequence[tuple[str, Any]]) -> tuple[LoadedRun, DataBundle]:
-    """Rebuild a checkpoint's model from its own config, load the weights (strict) and fetch its test data."""
-    state = load_checkpoint(path)
-    model, config = model_from_checkpoint(state, str(path), overrides)
-    run = LoadedRun(path, config, model, list(state["cls_num_list"]))
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], list[str] | None]:
+    """(state, None) for this framework's checkpoints; (state, names of the pickled objects that were not loaded) for
+    a checkpoint of the original BalPoE / SADE / RIDE code, read without unpickling its objects."""
+    try:
+        return load_checkpoint(path), None
+    except CheckpointError as exc:
+        try:
+            return read_foreign_checkpoint(path)
+        except CheckpointError:
+            raise exc from None
+
+
+def original_run(path: Path, state: dict[str, Any], skipped: list[str], config_path: str | None,
+                 overrides: Sequence[tuple[str, Any]]) -> tuple[nn.Module, dict[str, Any], list[int]]:
+    """Model, config and training counts for an original repository's checkpoint, with a config of this framework
+    that describes the same architecture and data set (-c)."""
+    if config_path is None:
+        raise CheckpointError(f"{path} is a checkpoint of the original BalPoE/SADE/RIDE code (pickled objects: "
+                              f"{', '.join(skipped) or 'none'}); evaluate it with -c CONFIG, a config of this "
+                              "framework with the same architecture and data set (e.g. configs/cifar100_ir100/"
+                              "balpoe_standard.json)")
+    config = resolve(apply_overrides(load_config(config_path), overrides))
+    counts = training_counts(config)
+    model = build_model(config, len(counts), input_channels(config), counts)
+    load_weights(model, convert_original_state_dict(state["state_dict"], model), str(path))
+    print(f"{path}: original checkpoint, weights read without unpickling its objects "
+          f"(skipped: {', '.join(skipped) or 'nothing'})", file=sys.stderr)
+    return model.eval(), config, counts
+
+
+def prepare(path: Path, device: torch.device, test_data: TestData, overrides: Sequence[tuple[str, Any]],
+            config_path: str | None = None) -> tuple[LoadedRun, DataBundle]:
+    """Rebuild a checkpoint's model from its own config (or, for an original repository's checkpoint, from the
+    config ``config_path``), load the weights (strict) and fetch its test data."""
+    state, skipped = read_checkpoint(path)
+    if skipped is None:
+        if config_path is not None:  # as when resuming: the given file replaces whole top-level sections
+            state = {**state, "config": {**state["config"], **load_config(config_path)}}
+        model, config = model_from_checkpoint(state, str(path), overrides)
+        counts = list(state["cls_num_list"])
+    else:
+        model, config, counts = original_run(path, state, skipped, config_path, overrides)
+    run = LoadedRun(path, config, model, counts)
     data = test_data.get(run.config)
     model = model.to(device)
     if run.config["trainer"].get("channels_last", False):
@@ -162,7 +204,8 @@ def load_runs(options: EvalOptions) -> list[tuple[LoadedRun, DataBundle]]:
     """Resolve the device and load every requested checkpoint with its test data."""
     device = resolve_device(options.device)
     test_data = TestData(device)
-    loaded = [prepare(path, device, test_data, options.overrides) for path in expand_checkpoints(options.checkpoints)]
+    loaded = [prepare(path, device, test_data, options.overrides, options.config)
+              for path in expand_checkpoints(options.checkpoints)]
     label_runs([run for run, _ in loaded])
     return loaded
 

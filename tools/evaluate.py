@@ -20,6 +20,9 @@ def build_parser(description: str, with_priors: bool) -> argparse.ArgumentParser
     p.add_argument("-r", "--resume", nargs="+", required=True,
                    help="checkpoint(s): paths, quoted globs ('saved/x/seed*/last.pth'), run directories or a folder "
                         "of runs (saved/<name>/: every run's last.pth)")
+    p.add_argument("-c", "--config", help="a config file: replaces the checkpoint's top-level sections; required to "
+                                          "evaluate a checkpoint of the original BalPoE/SADE/RIDE code (same "
+                                          "architecture and data set)")
     p.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--data_dir", help="override the data directory stored in the checkpoint's config")
     p.add_argument("--batch_size", type=int, help="evaluation batch size (default: evaluation.test_batch_size)")
@@ -56,7 +59,7 @@ def options_from_args(args: argparse.Namespace, tool: str, priors: Sequence[str]
     if args.batch_size:
         overrides.append(("evaluation.test_batch_size", args.batch_size))
     overrides += method_flag_overrides(args, tool) + set_overrides(args)
-    options = EvalOptions(args.resume, args.device, overrides, args.out, format=args.format)
+    options = EvalOptions(args.resume, args.device, overrides, args.out, format=args.format, config=args.config)
     if tool == "test_all":
         options.priors = split_names(args.priors) or list(priors)
         options.posthoc = ["none"] + ([args.posthoc_bias_correction] if args.posthoc_bias_correction else [])
