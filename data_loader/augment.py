@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from typing import Callable, Sequence
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -148,38 +150,127 @@ def apply_op(images: torch.Tensor, op: str, magnitude: float, fill: Sequence[flo
     raise ValueError(f"unknown AutoAugment op {op!r}")
 
 
+_GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+_DEVICE_CONSTANTS: dict[tuple, torch.Tensor] = {}  # made once per (kind, shape, device): never a per-step copy
+
+
+def _device_constant(key: tuple, make: Callable[[], torch.Tensor], device: torch.device) -> torch.Tensor:
+    """A small constant tensor on ``device``, copied there once and cached (per-op host tensors would block)."""
+    full_key = (*key, str(device))
+    if full_key not in _DEVICE_CONSTANTS:
+        _DEVICE_CONSTANTS[full_key] = make().to(device)
+    return _DEVICE_CONSTANTS[full_key]
+
+
+def _inverse_affine(op: str, magnitude: float, height: int, width: int) -> list[float]:
+    """The 2x3 output-to-input matrix (pixel units, origin at the image centre) of a geometric AutoAugment op, as
+    torchvision's affine/rotate build it for the same arguments (apply_op is the reference)."""
+    angle, shear_x, shear_y, tx, ty, cx, cy = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    if op in ("ShearX", "ShearY"):  # sheared about the top-left corner (center=[0, 0] in pixel coordinates)
+        cx, cy = -0.5 * width, -0.5 * height
+        shear = math.atan(magnitude)  # torchvision takes degrees(atan(m)) and converts back to radians
+        shear_x, shear_y = (math.radians(math.degrees(shear)), 0.0) if op == "ShearX" else (0.0, math.radians(math.degrees(shear)))
+    elif op == "TranslateX":
+        tx = float(int(magnitude))
+    elif op == "TranslateY":
+        ty = float(int(magnitude))
+    else:  # Rotate: torchvision's rotate inverts the angle of its affine convention
+        angle = math.radians(-magnitude)
+    a = math.cos(angle - shear_y) / math.cos(shear_y)
+    b = -math.cos(angle - shear_y) * math.tan(shear_x) / math.cos(shear_y) - math.sin(angle)
+    c = math.sin(angle - shear_y) / math.cos(shear_y)
+    d = -math.sin(angle - shear_y) * math.tan(shear_x) / math.cos(shear_y) + math.cos(angle)
+    m = [d, -b, 0.0, -c, a, 0.0]
+    m[2] += m[0] * (-cx - tx) + m[1] * (-cy - ty)
+    m[5] += m[3] * (-cx - tx) + m[4] * (-cy - ty)
+    m[2] += cx
+    m[5] += cy
+    return m
+
+
+def _affine_nearest(images: torch.Tensor, theta: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour affine warp of a uint8 batch by one (1, 2, 3) device matrix, out-of-image pixels set to
+    ``fill``: torchvision's affine computation, with its constants cached on the device."""
+    g, c, h, w = images.shape
+    device = images.device
+
+    def base_grid() -> torch.Tensor:
+        grid = torch.empty(1, h, w, 3)
+        grid[..., 0].copy_(torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w))
+        grid[..., 1].copy_(torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h).unsqueeze_(-1))
+        grid[..., 2].fill_(1)
+        return grid.view(1, h * w, 3)
+
+    base = _device_constant(("affine_grid", h, w), base_grid, device)
+    half = _device_constant(("affine_half", h, w), lambda: torch.tensor([0.5 * w, 0.5 * h]), device)
+    grid = base.bmm(theta.transpose(1, 2) / half).view(1, h, w, 2).expand(g, -1, -1, -1)
+    sampled = F.grid_sample(torch.cat([images.float(), images.new_ones((g, 1, h, w), dtype=torch.float32)], 1), grid,
+                            mode="nearest", padding_mode="zeros", align_corners=False)
+    warped, mask = sampled[:, :c], sampled[:, c:].expand(g, c, h, w)
+    warped = torch.where(mask < 0.5, fill.view(1, c, 1, 1).expand_as(warped), warped)
+    return warped.round_().to(images.dtype)
+
+
+def _sharpness(images: torch.Tensor, factor: float) -> torch.Tensor:
+    """torchvision's adjust_sharpness on a uint8 batch, with its 3x3 smoothing kernel cached on the device."""
+    c = images.shape[1]
+    a, b = 1.0 / 13.0, 5.0 / 13.0
+    kernel = _device_constant(("sharpness",), lambda: torch.tensor([[a, a, a], [a, b, a], [a, a, a]]), images.device)
+    output = images.to(dtype=torch.float32, copy=True)
+    blurred = F.conv2d(output, kernel.expand(c, 1, 3, 3), groups=c).round_()
+    view = output[..., 1:-1, 1:-1]
+    view.add_(blurred.sub_(view), alpha=1.0 - factor)
+    return output.clamp_(0, 255).to(images.dtype)
+
+
+def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One host-to-device copy that does not block the host (pinned memory, non_blocking) on GPUs."""
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
+
+
 def auto_augment(images: torch.Tensor, gen: torch.Generator, fill: Sequence[float] = (128, 128, 128),
                  policy: Sequence = tuple(CIFAR10_POLICY)) -> torch.Tensor:
-    """AutoAugment with one sub-policy per image; images sharing (op, magnitude, sign) are transformed together."""
+    """AutoAugment with one sub-policy per image; images sharing (op, magnitude, sign) are transformed together.
+
+    The per-image choices are drawn on the host (NumPy, seeded from ``gen``) so that grouping needs no device read;
+    each of the two slots then makes one non-blocking copy of its group indices and affine matrices to the device,
+    and every op runs on device tensors (no per-op host tensors, no synchronisation).
+    """
     b, c, h, w = images.shape
     device = images.device
-    # the grouping happens on the host: draw the per-image choices with a CPU generator derived from ``gen``
-    host = torch.Generator().manual_seed(gen.initial_seed())
-    choice_l = torch.randint(0, len(policy), (b,), generator=host).tolist()
-    fire_l = torch.rand(b, 2, generator=host).tolist()
-    sign_l = torch.where(torch.rand(b, 2, generator=host) < 0.5, -1.0, 1.0).tolist()
+    rng = np.random.default_rng(gen.initial_seed())
+    choice = rng.integers(0, len(policy), size=b).tolist()
+    fire = rng.random((b, 2)).tolist()
+    sign = np.where(rng.random((b, 2)) < 0.5, -1.0, 1.0).tolist()
     fill = list(fill)[:c] if len(fill) >= c else [fill[0]] * c
+    fill_device = _device_constant(("fill", *map(float, fill)), lambda: torch.tensor(fill, dtype=torch.float32), device)
     out = images.clone()
     for slot in range(2):
         groups: dict[tuple[str, float], list[int]] = {}
         for i in range(b):
-            op, prob, bin_index = policy[choice_l[i]][slot]
-            if fire_l[i][slot] >= prob:
+            op, prob, bin_index = policy[choice[i]][slot]
+            if fire[i][slot] >= prob:
                 continue
             magnitude = _op_magnitude(op, bin_index, h, w) if bin_index is not None else 0.0
             if op in _SIGNED_OPS:
-                magnitude *= sign_l[i][slot]
+                magnitude *= sign[i][slot]
             groups.setdefault((op, magnitude), []).append(i)
         if not groups:
             continue
-        # one host-to-device copy per slot (pinned, non-blocking on GPUs); each group is a slice of it
-        flat = torch.tensor([i for members in groups.values() for i in members])
-        flat = flat.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else flat.to(device)
-        start = 0
+        flat = _to_device(torch.tensor([i for members in groups.values() for i in members]), device)
+        matrices = [_inverse_affine(op, m, h, w) for op, m in groups if op in _GEOMETRIC_OPS]
+        thetas = _to_device(torch.tensor(matrices, dtype=torch.float32).view(-1, 1, 2, 3), device) if matrices else None
+        start, geometric = 0, 0
         for (op, magnitude), members in groups.items():
             idx = flat[start:start + len(members)]
             start += len(members)
-            out[idx] = apply_op(out[idx], op, magnitude, fill)
+            if op in _GEOMETRIC_OPS:
+                out[idx] = _affine_nearest(out[idx], thetas[geometric], fill_device)
+                geometric += 1
+            elif op == "Sharpness":
+                out[idx] = _sharpness(out[idx], 1.0 + magnitude)
+            else:
+                out[idx] = apply_op(out[idx], op, magnitude, fill)
     return out
 
 

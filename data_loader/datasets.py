@@ -323,8 +323,8 @@ def synthetic_dataset(name: str, split: str = "train", imb_factor: float = 0.01,
                       max_images: int | None = None) -> ImageTensorDataset:
     """Random uint8 images with a registered data set's shape and LT class counts (benchmarks, smoke tests).
 
-    ``args`` (data_loader.args) adjust the shape (e.g. image_size); ``max_images`` keeps a random subset so that
-    ImageNet-sized profiles fit in memory.
+    ``args`` (data_loader.args) adjust the shape (e.g. image_size); ``max_images`` keeps a random subset (with at
+    least one image per class) so that ImageNet-sized profiles fit in memory.
     """
     info = dataset_info(name, args or {})
     per_class = max(1, int(info["train_per_class" if split == "train" else "test_per_class"] * scale))
@@ -332,6 +332,12 @@ def synthetic_dataset(name: str, split: str = "train", imb_factor: float = 0.01,
     gen = torch.Generator().manual_seed(seed)
     targets = torch.repeat_interleave(torch.arange(info["num_classes"]), torch.tensor(counts))
     if max_images is not None and len(targets) > max_images:
-        targets = targets[torch.randperm(len(targets), generator=gen)[:max_images]].sort().values
+        # every class keeps its first image (class-count based losses need n_c > 0); the rest is a random subset
+        firsts = torch.cumsum(torch.tensor([0, *counts[:-1]]), 0)
+        rest = torch.ones(len(targets), dtype=torch.bool)
+        rest[firsts] = False
+        others = rest.nonzero().squeeze(1)
+        kept = others[torch.randperm(len(others), generator=gen)[:max(0, max_images - len(firsts))]]
+        targets = targets[torch.cat([firsts, kept])].sort().values
     images = torch.randint(0, 256, (len(targets), *info["image_shape"]), generator=gen, dtype=torch.uint8)
     return ImageTensorDataset(images, targets, info["num_classes"], info["mean"], info["std"], f"{name}/{split}/synthetic")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -81,7 +82,8 @@ def color_jitter(images: torch.Tensor, gen: torch.Generator, brightness: float, 
         "hue": _uniform(b, -hue, hue, gen, device),
     }
     out = images
-    for op in torch.randperm(4, generator=gen, device=device).tolist():
+    # the order is drawn on the host (seeded from this batch's generator): reading a device draw would block
+    for op in np.random.default_rng(gen.initial_seed()).permutation(4).tolist():
         if op == 0:
             out = blend(out, torch.zeros_like(out), factors["brightness"])
         elif op == 1:

@@ -1,7 +1,7 @@
 """Extension points of the evaluator (docs/extending.md); methods register entries, the evaluator calls them.
 
-* ``POSTHOC``: a correction of the ensemble logits of one test set, ``fn(logits (N, C) float64, targets (N,),
-  context) -> (logits, extra columns)`` ("none", "oracle", "estimate" are built in).
+* ``POSTHOC``: a correction of the ensemble logits of one test set, ``fn(logits (N, C) float32 on the evaluation
+  device, targets (N,), context) -> (logits, extra columns)`` ("none", "oracle", "estimate" are built in).
 * ``AGGREGATIONS``: how expert logits become one prediction per test prior, ``fn(run, data, subsets) ->
   {prior: weights (E,)}`` or ``None`` for the plain mean ("mean" is built in; SADE registers "sade").
 * ``REPORTERS``: extra columns of the uniform test report from per-sample model outputs, ``fn(run, extras, targets,

@@ -12,10 +12,11 @@ from utils.device import autocast_context
 @torch.inference_mode()
 def collect_logits(model: nn.Module, loader: BatchLoader, amp: str = "off",
                    extras: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-expert logits (N, E, C) as float32 on the CPU and the targets (N,), in one pass over ``loader``.
+    """Per-expert logits (N, E, C) as float32 and the targets (N,), in one pass over ``loader``, left on the
+    loader's device: every test prior is then an index subset evaluated there (no host copy of the logits).
 
     When ``extras`` is a dict, the model's ``per_sample_outputs`` (declared by its extensions) are stored in it
-    (CPU tensors of length N).
+    (tensors of length N on the same device).
     """
     model.eval()
     keys = tuple(getattr(model, "per_sample_outputs", ())) if extras is not None else ()
@@ -30,5 +31,5 @@ def collect_logits(model: nn.Module, loader: BatchLoader, amp: str = "off",
             if key in out:
                 kept[key].append(out[key])
     if extras is not None:
-        extras.update({key: torch.cat(values).cpu() for key, values in kept.items() if values})
-    return torch.cat(chunks).cpu(), torch.cat(targets).cpu()
+        extras.update({key: torch.cat(values) for key, values in kept.items() if values})
+    return torch.cat(chunks), torch.cat(targets)

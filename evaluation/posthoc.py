@@ -37,7 +37,7 @@ def no_correction(logits: torch.Tensor, targets: torch.Tensor, context: PosthocC
 @POSTHOC.register("oracle")
 def oracle_prior(logits: torch.Tensor, targets: torch.Tensor, context: PosthocContext) -> tuple[torch.Tensor, dict[str, Any]]:
     """Add the log empirical prior of the test set (the true test prior)."""
-    return logits + log_test_prior(targets, logits.shape[1]).to(logits.device), {}
+    return logits + log_test_prior(targets, logits.shape[1]).to(logits), {}
 
 
 oracle_prior.caption = " with posthoc bias correction (log test prior added)"  # type: ignore[attr-defined]
@@ -49,7 +49,7 @@ def estimated_prior(logits: torch.Tensor, targets: torch.Tensor, context: Postho
     source = source_prior(context.evaluation["source_prior"], context.cls_num_list)
     shift, estimate = estimated_prior_shift(logits, source)
     tv = total_variation(estimate, empirical_prior(targets, logits.shape[1]).to(estimate.device))
-    return logits + shift.to(logits.device), {"prior_tv": tv}
+    return logits + shift.to(logits), {"prior_tv": tv}
 
 
 estimated_prior.caption = " with posthoc bias correction (EM-estimated test prior)"  # type: ignore[attr-defined]

@@ -31,16 +31,22 @@ def source_prior(spec: Any, cls_num_list: Sequence[int]) -> torch.Tensor:
     return prior / prior.sum()
 
 
-def em_prior(probs: torch.Tensor, source: torch.Tensor, max_iter: int = 1000, tol: float = 1e-8) -> torch.Tensor:
-    """EM estimate of the test prior from posteriors ``probs`` (N, C) that are calibrated for prior ``source`` (C,)."""
-    probs, source = probs.double(), source.double().to(probs.device)
+def em_prior(probs: torch.Tensor, source: torch.Tensor, max_iter: int = 1000, tol: float = 1e-8,
+             check_every: int = 10) -> torch.Tensor:
+    """EM estimate of the test prior from posteriors ``probs`` (N, C) that are calibrated for prior ``source`` (C,).
+
+    The (N, C) work runs on the posteriors' device and dtype; the prior itself is accumulated in float64. The host
+    reads the convergence test only every ``check_every`` iterations (one synchronisation each), so a converged
+    estimate may take up to ``check_every - 1`` more iterations, each changing it by less than ``tol``.
+    """
+    source = source.to(probs.device, torch.float64)
     estimate, safe_source = source.clone(), source.clamp_min(torch.finfo(torch.float64).tiny)
-    for _ in range(max_iter):
-        adjusted = probs * (estimate / safe_source)
-        updated = (adjusted / adjusted.sum(dim=1, keepdim=True)).mean(dim=0)
-        converged = float((updated - estimate).abs().max()) < tol
+    for iteration in range(1, max_iter + 1):
+        adjusted = probs * (estimate / safe_source).to(probs.dtype)
+        updated = (adjusted / adjusted.sum(dim=1, keepdim=True)).mean(dim=0, dtype=torch.float64)
+        change = (updated - estimate).abs().max()
         estimate = updated
-        if converged:
+        if iteration % check_every == 0 and float(change) < tol:
             break
     return estimate
 
@@ -52,6 +58,6 @@ def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
 
 def estimated_prior_shift(logits: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log q_est - log pi_s to add to the logits, q_est) for ensemble logits (N, C)."""
-    estimate = em_prior(F.softmax(logits.double(), dim=1), source)
+    estimate = em_prior(F.softmax(logits.float(), dim=1), source)
     tiny = torch.finfo(torch.float64).tiny
     return torch.log(estimate.clamp_min(tiny)) - torch.log(source.double().clamp_min(tiny)), estimate

@@ -54,15 +54,20 @@ def prior_reports(expert_logits: torch.Tensor, targets: torch.Tensor, subsets: d
     """many/medium/few/all per test prior (index subset) for each post-hoc correction (evaluation/posthoc.py).
 
     ``weights`` (prior -> (E,)) replaces the plain expert mean (test-time aggregation; rows gain ``w0..w{E-1}``).
+    Everything stays in the logits' dtype (float32) and on their device: the ensemble is formed once, and each
+    prior only indexes it, so memory is O(N x C) whatever the number of priors.
     """
     context = context or PosthocContext([], {})
+    mean_logits = None if weights else ensemble_logits(expert_logits)
     rows = []
     for mode in posthoc:
         correct = POSTHOC.get(mode, where="posthoc correction")
         for prior, idx in subsets.items():
             weight = weights[prior] if weights else None
+            idx = idx.to(targets.device)
             target = targets[idx]
-            logits, extra = correct(ensemble_logits(expert_logits[idx].double(), weight), target, context)
+            ensemble = mean_logits[idx] if weight is None else ensemble_logits(expert_logits[idx], weight)
+            logits, extra = correct(ensemble, target, context)
             if weight is not None:
                 extra.update({f"w{e}": float(w) for e, w in enumerate(weight.tolist())})
             rows.append({"prior": prior, "posthoc": mode, **accuracy_report(logits, target, masks), "n_images": len(idx), **extra})

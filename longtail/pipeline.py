@@ -10,6 +10,7 @@ tidy ``results.csv`` (uniform test report plus every test prior, post-hoc correc
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,13 @@ def load_pipeline(path: str | Path) -> Pipeline:
                                       bool(spec.get("uniform", True)), list(spec.get("priors", []))))
     return Pipeline(data.get("name", path.stem), path, stages, data.get("description", ""), evaluations,
                     list(data.get("priors", [])))
+
+
+def stage_key(stage: Stage, root: str | Path = ".") -> str:
+    """How a stage's setting is named in benchmark records and the leaderboard: its config path relative to
+    ``root`` plus its overrides (``configs/x/ride.json --set arch.args.num_experts=6``)."""
+    path = os.path.relpath(stage.config, root)
+    return path + "".join(f" --set {key}={json.dumps(value)}" for key, value in stage.set.items())
 
 
 def parse_seeds(text: str | int | Sequence[int]) -> list[int]:

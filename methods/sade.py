@@ -66,26 +66,39 @@ def stability_loss(view1: torch.Tensor, view2: torch.Tensor, weights: torch.Tens
 
 
 def learn_expert_weights(view_batches: ViewBatches, num_experts: int, settings: dict[str, Any]) -> AggregationResult:
-    """Optimise a in R^E by SGD on the stability loss over ``view_batches(epoch)``; returns w = softmax(a)."""
-    logits_a = torch.full((num_experts,), 1.0 / num_experts, requires_grad=True)
-    optimizer = torch.optim.SGD([logits_a], lr=settings["lr"], momentum=settings["momentum"],
-                                weight_decay=settings["weight_decay"], nesterov=settings["nesterov"] and settings["momentum"] > 0)
+    """Optimise a in R^E by SGD on the stability loss over ``view_batches(epoch)``; returns w = softmax(a).
+
+    ``a`` lives on the device of the views, so a step never copies to or reads from the host; the loss and the
+    early-stopping test are read once per epoch.
+    """
+    logits_a: torch.Tensor | None = None
+    optimizer: torch.optim.SGD | None = None
     losses: list[float] = []
     epochs_run = 0
     for epoch in range(int(settings["epochs"])):
-        total, count = 0.0, 0
+        total, count = None, 0
         for view1, view2 in view_batches(epoch):
+            if logits_a is None:
+                logits_a = torch.full((num_experts,), 1.0 / num_experts, device=view1.device, requires_grad=True)
+                optimizer = torch.optim.SGD([logits_a], lr=settings["lr"], momentum=settings["momentum"],
+                                            weight_decay=settings["weight_decay"],
+                                            nesterov=settings["nesterov"] and settings["momentum"] > 0)
             weights = F.softmax(logits_a, dim=0)
-            loss = stability_loss(view1.float().cpu(), view2.float().cpu(), weights, float(settings["entropy_weight"]))
+            loss = stability_loss(view1.float(), view2.float(), weights, float(settings["entropy_weight"]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total, count = total + float(loss.detach()) * view1.shape[0], count + view1.shape[0]
+            batch_loss = loss.detach() * view1.shape[0]
+            total, count = batch_loss if total is None else total + batch_loss, count + view1.shape[0]
+        if logits_a is None:
+            break  # no test images
         epochs_run = epoch + 1
-        losses.append(total / max(count, 1))
+        losses.append(float(total) / max(count, 1))
         rounded = torch.round(F.softmax(logits_a.detach(), dim=0), decimals=2)
         if bool((rounded < settings["stop_below"]).any()):
             break
+    if logits_a is None:
+        return AggregationResult(torch.full((num_experts,), 1.0 / num_experts), 0, losses)
     return AggregationResult(F.softmax(logits_a.detach(), dim=0), epochs_run, losses)
 
 

@@ -89,7 +89,7 @@ class ExpertBatchNorm2d(nn.Module):
     def _synced(self, x: torch.Tensor, sl: slice) -> torch.Tensor:
         """Training-mode BN with mean/variance over all processes (differentiable all-reduces, fp32 statistics)."""
         xf = x.float()
-        count = torch.tensor([x.numel() / x.shape[1]], device=x.device)
+        count = xf.new_full((1,), x.numel() / x.shape[1])  # a fill on the device, not a host-to-device copy
         totals = _AllReduceSum.apply(torch.cat([xf.sum(dim=(0, 2, 3)), count]))
         n = totals[-1].detach()
         mean = totals[:-1] / n

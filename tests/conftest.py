@@ -204,3 +204,13 @@ def image_list_config(root: Path, save_dir: Path, dataset: str = "imagenet_lt", 
     config["trainer"].update({"save_period": 0, "val_period": 1})
     config["evaluation"] = {"many_threshold": 8, "few_threshold": 4, "test_batch_size": 16}
     return with_overrides(config, overrides)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` need CUDA: skipped on machines without it (CI), run by tools/gpu_check.py."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run python -m tools.gpu_check on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

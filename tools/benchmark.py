@@ -1,13 +1,23 @@
 """Throughput benchmark of a config: steady-state training and evaluation images/s and peak memory.
 
-python -m tools.benchmark -c CONFIG [--synthetic] [--set KEY=VALUE] [--compare ROUNDS]
+python -m tools.benchmark -c CONFIG [--synthetic] [--set KEY=VALUE] [--compare ROUNDS] [--record FILE]
+python -m tools.benchmark --pipeline configs/pipelines/X.json --synthetic [--record FILE]   # every stage of a recipe
+python -m tools.benchmark --priors_only -c configs/inat2018/balpoe_resnet50_standard.json    # evaluation of all priors
+
+``--record`` merges the figures (and the expected time of the config's whole schedule) into a JSON file keyed by
+config path; ``python -m tools.leaderboard`` reads it for the README's leaderboard.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import resource
 import sys
+import tempfile
 import time
+from datetime import date
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -17,10 +27,12 @@ from data_loader.factory import DataBundle, build_augment, build_data, loader_ki
 from data_loader.loader import BatchLoader
 from evaluation.logits import collect_logits
 from tools.common import add_set_argument, run_tool, set_overrides
-from trainer.build import resolve
+from trainer.build import resolve, stage_class
 from trainer.combiner import compute_loss
 from trainer.trainer import Trainer
+from utils.checkpoint import save_checkpoint
 from utils.config import apply_overrides, load_config
+from utils.errors import ConfigError
 from utils.device import autocast_context, resolve_device, synchronize
 from utils.errors import DataNotFoundError
 
@@ -82,8 +94,9 @@ def timed_training(config: dict[str, Any], device: torch.device, steps: int, war
 
 
 def run_benchmark(config: dict[str, Any], device: torch.device, steps: int, warmup: int, eval_batches: int,
-                  synthetic: bool) -> dict[str, float]:
-    """Time ``steps`` training steps after ``warmup`` steps, and ``eval_batches`` evaluation batches."""
+                  synthetic: bool) -> tuple[Trainer, dict[str, float]]:
+    """Time ``steps`` training steps after ``warmup`` steps, and ``eval_batches`` evaluation batches; returns the
+    trainer too (its state feeds a pipeline's later stages)."""
     trainer, train = timed_training(config, device, steps, warmup, synthetic)
     data = trainer.data
     bare = bare_step_rate(trainer, max(4, steps // 2))
@@ -94,9 +107,9 @@ def run_benchmark(config: dict[str, Any], device: torch.device, steps: int, warm
     start = time.perf_counter()
     collect_logits(trainer.model, subset, trainer.amp)
     eval_rate = n_eval / (time.perf_counter() - start)
-    return {"train_images_per_s": train["images_per_s"], "eval_images_per_s": eval_rate,
-            "train_epoch_s_estimate": epoch_images(config, data) / train["images_per_s"], "bare_images_per_s": bare,
-            "peak_memory_mib": peak_memory_mb(device)}
+    return trainer, {"train_images_per_s": train["images_per_s"], "eval_images_per_s": eval_rate,
+                     "train_epoch_s_estimate": epoch_images(config, data) / train["images_per_s"],
+                     "bare_images_per_s": bare, "peak_memory_mib": peak_memory_mb(device)}
 
 
 def bare_step_rate(trainer: Trainer, steps: int) -> float:
@@ -147,7 +160,17 @@ def compare_original_style(config: dict[str, Any], device: torch.device, steps: 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of the benchmark."""
     p = argparse.ArgumentParser(description="Measure training/evaluation throughput of a config.")
-    p.add_argument("-c", "--config", required=True)
+    p.add_argument("-c", "--config", help="the config to benchmark (or --pipeline)")
+    p.add_argument("--pipeline", help="benchmark every training stage of a pipeline file (configs/pipelines/); the "
+                                      "checkpoints that later stages read are stand-ins written from the benchmarked "
+                                      "earlier stage (the weights do not change the speed)")
+    p.add_argument("--priors_only", action="store_true",
+                   help="time the evaluation of every test prior of the config's data set (plain, oracle and EM "
+                        "corrections) on random logits of the full test-set size, and print time and peak memory")
+    p.add_argument("--corrections", default="none,oracle,estimate",
+                   help="post-hoc corrections evaluated by --priors_only (EM 'estimate' iterates over the logits)")
+    p.add_argument("--record", metavar="FILE", help="merge the figures into this JSON file, keyed by config path "
+                                                     "(read by python -m tools.leaderboard)")
     p.add_argument("-d", "--device")
     p.add_argument("--steps", type=int, default=20, help="timed training steps (after warm-up)")
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps")
@@ -165,12 +188,30 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print its figures."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = resolve(apply_overrides(load_config(args.config), set_overrides(args)))
+    if bool(args.config) == bool(args.pipeline):
+        raise ConfigError("give either -c CONFIG or --pipeline FILE")
     device = resolve_device(args.device)
-    result = run_benchmark(config, device, args.steps, args.warmup, args.eval_batches, args.synthetic)
+    if args.priors_only:
+        config = resolve(apply_overrides(load_config(args.config), set_overrides(args)))
+        benchmark_prior_evaluation(config, device, tuple(args.corrections.split(",")))
+        return 0
+    if args.pipeline:
+        records = benchmark_pipeline(args, device)
+    else:
+        config = resolve(apply_overrides(load_config(args.config), set_overrides(args)))
+        records = {args.config: benchmark_config(args, config, device)[1]}
+    if args.record:
+        write_record(Path(args.record), records, device, args)
+    return 0
+
+
+def benchmark_config(args: argparse.Namespace, config: dict[str, Any], device: torch.device,
+                     label: str | None = None) -> tuple[Trainer, dict[str, Any]]:
+    """Benchmark one resolved config, print its figures, and return the trainer and the figures to record."""
+    trainer, result = run_benchmark(config, device, args.steps, args.warmup, args.eval_batches, args.synthetic)
     speed = {k: config["trainer"][k] for k in ("channels_last", "amp", "compile")}
     speed["batched_experts"] = config["arch"].get("args", {}).get("batched_experts", False)
-    print(f"config: {args.config}  device: {device}  threads: {torch.get_num_threads()}  batch: "
+    print(f"config: {label or args.config}  device: {device}  threads: {torch.get_num_threads()}  batch: "
           f"{config['data_loader']['args'].get('batch_size')}  switches: {speed}")
     print(f"train: {result['train_images_per_s']:.1f} images/s  (epoch of the training set ~ {result['train_epoch_s_estimate']:.1f} s)")
     print(f"bare model forward+loss+backward (no data, mixup or optimizer): {result['bare_images_per_s']:.1f} images/s")
@@ -179,7 +220,114 @@ def run(args: argparse.Namespace) -> int:
     if args.compare > 0:
         compare_original_style(config, device, args.steps, args.warmup, args.synthetic, args.compare,
                                result["train_images_per_s"])
-    return 0
+    record = {**{k: round(v, 2) for k, v in result.items()}, **schedule_estimate(config, trainer.data, result),
+              "batch_size": config["data_loader"]["args"].get("batch_size")}
+    print(f"whole schedule ({record['epochs']} epochs + validation): ~{record['schedule_hours']:.2f} h", flush=True)
+    return trainer, record
+
+
+def benchmark_prior_evaluation(config: dict[str, Any], device: torch.device,
+                               corrections: Sequence[str] = ("none", "oracle", "estimate")) -> dict[str, float]:
+    """Evaluate every test prior of the configured data set on random float32 logits (N, E, C) of its full test
+    set, as test_all_*.py does after the one forward pass; prints seconds and peak memory."""
+    from data_loader.profiles import CIFAR_TEST_PRIORS, DATASET_PRIORS
+    from evaluation.report import masks_for, prior_reports
+    from evaluation.hooks import PosthocContext
+
+    name = config["data_loader"]["type"]
+    dataset_args, _ = split_loader_args(config["data_loader"])
+    test = synthetic_dataset(name, "test", seed=1, args={**dataset_args, "image_size": 8})
+    counts = dataset_info(name, dataset_args)["cls_num_list"]
+    experts = int(config["arch"].get("args", {}).get("num_experts", 1))
+    gen = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(len(test), experts, test.num_classes, generator=gen)).to(device)
+    targets = test.targets.to(device)
+    logits[torch.arange(len(test)), :, test.targets] += 4.0  # a model that is mostly right
+    priors = list(DATASET_PRIORS.get(name, CIFAR_TEST_PRIORS))
+    subsets = {p: test.test_prior_indices(p, counts) for p in priors}
+    before = peak_memory_mb(device)
+    synchronize(device)
+    start = time.perf_counter()
+    rows = prior_reports(logits, targets, subsets, masks_for(counts, config["evaluation"]), corrections,
+                         context=PosthocContext(counts, config["evaluation"]))
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    result = {"seconds": seconds, "peak_memory_mib": peak_memory_mb(device), "logits_mib": logits.numel() * 4 / 2**20}
+    print(f"{name}: {len(test)} test images x {experts} experts x {test.num_classes} classes (logits "
+          f"{result['logits_mib']:.0f} MiB float32); {len(priors)} priors x {len(corrections)} corrections = {len(rows)} reports in "
+          f"{seconds:.1f} s; peak memory {result['peak_memory_mib']:.0f} MiB (before: {before:.0f} MiB)")
+    return result
+
+
+def schedule_estimate(config: dict[str, Any], data: DataBundle, result: dict[str, float]) -> dict[str, Any]:
+    """Expected wall time of the config's whole schedule from the measured rates: every epoch of training plus a
+    validation pass every ``trainer.val_period`` epochs."""
+    epochs = int(config["trainer"]["epochs"])
+    val_period = int(config["trainer"].get("val_period", 1) or 0)
+    validations = epochs // val_period if val_period > 0 else 0
+    test_images = test_set_size(config, data)
+    seconds = epochs * result["train_epoch_s_estimate"] + validations * test_images / result["eval_images_per_s"]
+    return {"epochs": epochs, "validations": validations, "schedule_hours": round(seconds / 3600, 3)}
+
+
+def test_set_size(config: dict[str, Any], data: DataBundle) -> int:
+    """Images of the configured test set (its registered size when synthetic data was capped)."""
+    if not data.test_set.name.endswith("/synthetic"):
+        return len(data.test_set)
+    dataset_args, _ = split_loader_args(config["data_loader"])
+    info = dataset_info(config["data_loader"]["type"], dataset_args)
+    return int(info["num_classes"]) * int(info["test_per_class"])
+
+
+def benchmark_pipeline(args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, Any]]:
+    """Benchmark every SGD stage of a pipeline in order; each stage's state after its timed steps is written as the
+    checkpoint its later stages read (exact paths, as the pipeline runner links them)."""
+    from longtail.pipeline import SeedState, load_pipeline, stage_config, stage_key
+
+    pipeline = load_pipeline(args.pipeline)
+    records: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as folder:
+        state = SeedState(Path(folder), 0)
+        for stage in pipeline.stages:
+            config = stage_config(stage, 1, state, set_overrides(args))
+            key = stage_key(stage)
+            if stage_class(config) is not Trainer:
+                print(f"stage {stage.name} ({key}): no SGD training (one pass over its data), not timed")
+                records[key] = {"training": False}
+                continue
+            trainer, records[key] = benchmark_config(args, config, device, label=f"{stage.name} ({key})")
+            run_dir = Path(folder) / stage.name
+            save_checkpoint(trainer.state(1, 0), run_dir / "last.pth")
+            state.record(stage.name, run_dir, True)
+    return records
+
+
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo on Linux), else the platform's machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_record(path: Path, records: dict[str, dict[str, Any]], device: torch.device, args: argparse.Namespace) -> None:
+    """Merge ``records`` into the JSON file ``path`` (atomically), with the machine and the command that made them."""
+    data = json.loads(path.read_text()) if path.is_file() else {"configs": {}}
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    command = "python -m tools.benchmark " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("benchmark.py") else None
+    for key, record in records.items():
+        data["configs"][key] = {**record, "device": device.type, "machine": machine, "threads": torch.get_num_threads(),
+                                "torch": torch.__version__, "date": date.today().isoformat(),
+                                "synthetic": bool(args.synthetic), **({"command": command} if command else {})}
+    data["configs"] = dict(sorted(data["configs"].items()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+    print(f"recorded {len(records)} config(s) in {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from typing import Any, Sequence
+
+import torch.multiprocessing as mp
 
 from tools.common import (add_method_flags, add_set_argument, method_flag_overrides, positive_int, run_tool,
                           set_overrides)
 from trainer.run import config_for_run, dry_run_summary, train
-from trainer.distributed import context_from_env
+from trainer.distributed import context_from_env, free_port, processes_to_start, worker_environment
 from utils.config import SHORTCUT_KEYS, load_config, parse_cli_value
 from utils.device import resolve_device
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit_batches", type=positive_int, help="cap the training batches per epoch (smoke runs)")
     p.add_argument("--limit_val_batches", type=positive_int, help="cap the validation batches (smoke runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or console log (train.log is still written)")
+    p.add_argument("--nproc", type=positive_int, help="start this many DDP processes on this machine (default: one "
+                                                      "per GPU when n_gpu > 1 and several GPUs are visible; gloo on "
+                                                      "CPU); not needed under torchrun")
     add_method_flags(p, "train")
     return p
 
@@ -68,8 +74,9 @@ def run_name_suffix(pairs: Sequence[tuple[str, Any]]) -> str:
     return "".join(f"-{part}" for part in parts)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Resolve the config and run (or dry-run) it."""
+def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    """Resolve the config and run (or dry-run) it; several processes are started here when the run asks for DDP
+    without a launcher."""
     raw = load_config(args.config) if args.config else None
     pairs = overrides_from_args(args)
     if args.name:
@@ -81,14 +88,45 @@ def run(args: argparse.Namespace) -> int:
         if context_from_env().is_primary:
             print(dry_run_summary(config, resolve_device(args.device)))
         return 0
+    nproc = processes_to_start(config, resolve_device(args.device), args.nproc)
+    if nproc > 1:
+        return launch_processes(argv, nproc)
     result = train(config, args.device, args.resume, resume_state, args.limit_batches, args.limit_val_batches,
                    args.quiet)
     return 130 if result.interrupted else 0
 
 
+def _ddp_worker(rank: int, world_size: int, port: int, argv: list[str]) -> None:
+    """One process of a job started by :func:`launch_processes`: torchrun's environment, then train.py itself."""
+    os.environ.update(worker_environment(rank, world_size, port))
+    code = main(argv)
+    if code:
+        raise SystemExit(code)
+
+
+def launch_processes(argv: Sequence[str], nproc: int) -> int:
+    """Run train.py in ``nproc`` fresh processes of one DDP job (rank 0 logs and writes); Ctrl-C reaches every
+    process, which stop together and save, as under torchrun. Returns the job's exit code."""
+    print(f"starting {nproc} DDP processes (ranks 0..{nproc - 1}; rank 0 logs and writes checkpoints)", flush=True)
+    # the workers handle Ctrl-C (they stop together and save); the launcher only waits. A Python handler, unlike
+    # SIG_IGN, is not inherited by the fresh worker processes.
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        mp.start_processes(_ddp_worker, args=(nproc, free_port(), list(argv)), nprocs=nproc, start_method="spawn")
+    except mp.ProcessExitedException as exc:
+        return exc.exit_code if exc.exit_code and exc.exit_code > 0 else 1
+    except mp.ProcessRaisedException as exc:
+        print(f"error: a training process failed:\n{exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of train.py."""
-    return run_tool(build_parser(), run, argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_tool(build_parser(), lambda args: run(args, argv), argv)
 
 
 if __name__ == "__main__":

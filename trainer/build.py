@@ -102,13 +102,21 @@ def parameter_groups(net: nn.Module, group_lr: dict[str, float]) -> list[dict[st
     return [{"params": rest}] + [{"params": params, "lr": float(group_lr[p])} for p, params in groups.items()]
 
 
-def build_optimizer(config: dict[str, Any], net: nn.Module) -> torch.optim.Optimizer:
-    """The configured optimizer over all trainable parameters (per-prefix learning rates from ``optimizer.group_lr``)."""
+def build_optimizer(config: dict[str, Any], net: nn.Module, prefer_fused: bool = False) -> torch.optim.Optimizer:
+    """The configured optimizer over all trainable parameters (per-prefix learning rates from ``optimizer.group_lr``).
+
+    ``prefer_fused`` (fp16 training) selects the fused kernel unless ``optimizer.args.fused`` says otherwise: a fused
+    optimizer takes the GradScaler's inf check as a device tensor, so the scaler never reads it on the host.
+    """
     group_lr = config["optimizer"].get("group_lr", {})
     if not isinstance(group_lr, dict) or not all(isinstance(v, (int, float)) for v in group_lr.values()):
         raise ConfigError(f"optimizer.group_lr must map parameter-name prefixes to learning rates, got {group_lr!r}")
-    return OPTIMIZERS.build(config["optimizer"], "optimizer", siblings=("group_lr",),
-                            params=parameter_groups(net, group_lr))
+    block = config["optimizer"]
+    fused = {}
+    if prefer_fused and "fused" not in (block.get("args") or {}) and "fused" in OPTIMIZERS.signature(block["type"]):
+        fused = {"fused": True}
+    return OPTIMIZERS.build(block, "optimizer", siblings=("group_lr",), params=parameter_groups(net, group_lr),
+                            **fused)
 
 
 def build_scheduler(config: dict[str, Any], optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:

@@ -3,11 +3,14 @@
 Launch: ``torchrun --nproc_per_node=G train.py -c CONFIG`` (one node) or with ``--nnodes N --node_rank i
 --rdzv_backend c10d --rdzv_endpoint HOST:PORT`` on every node. ``data_loader.args.batch_size`` is the GLOBAL batch
 of one optimizer step (each process takes batch_size / world_size), so the configured learning rate applies
-unchanged for any number of processes. Only rank 0 logs, validates and writes checkpoints.
+unchanged for any number of processes. Only rank 0 logs, validates and writes checkpoints. Without torchrun,
+``python train.py`` starts the processes itself (one per GPU for ``n_gpu > 1``, or ``--nproc N``; see
+:func:`processes_to_start`), with the same environment torchrun would give them.
 """
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -43,6 +46,33 @@ def context_from_env(env: Mapping[str, str] = os.environ) -> DistContext:
         return DistContext(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1)))
     except ValueError:
         raise ValueError("RANK, LOCAL_RANK and WORLD_SIZE must be integers (launch distributed runs with torchrun)") from None
+
+
+def free_port() -> int:
+    """An unused TCP port on this machine for the process group's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def worker_environment(rank: int, world_size: int, port: int) -> dict[str, str]:
+    """The variables torchrun sets for process ``rank`` of a one-node job."""
+    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def processes_to_start(config: dict, device: torch.device, requested: int | None = None,
+                       env: Mapping[str, str] = os.environ) -> int:
+    """How many DDP processes a plain ``python train.py`` starts: ``requested`` (--nproc), else one per GPU for
+    ``n_gpu > 1`` on a machine with several GPUs (unless ``trainer.parallel`` is data_parallel); 1 inside a job that
+    torchrun (or this launcher) started."""
+    if context_from_env(env).is_distributed:
+        return 1
+    if requested:
+        return requested
+    if device.type != "cuda" or config["trainer"].get("parallel", "ddp") != "ddp":
+        return 1
+    return max(1, min(int(config.get("n_gpu", 1)), torch.cuda.device_count()))
 
 
 def init_distributed(device: torch.device, env: Mapping[str, str] = os.environ) -> tuple[DistContext, torch.device]:

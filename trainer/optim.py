@@ -14,17 +14,20 @@ SCHEDULERS = Registry("lr scheduler")
 
 @OPTIMIZERS.register("sgd")
 def sgd(params: Iterable[torch.nn.Parameter], lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
-        nesterov: bool = True, foreach: bool | None = None) -> torch.optim.SGD:
-    """SGD with momentum, Nesterov and weight decay on every parameter (incl. BN and cosine-head weights)."""
+        nesterov: bool = True, foreach: bool | None = None, fused: bool | None = None) -> torch.optim.SGD:
+    """SGD with momentum, Nesterov and weight decay on every parameter (incl. BN and cosine-head weights); ``fused``
+    runs one kernel per parameter group (chosen automatically for fp16, see trainer.build.build_optimizer)."""
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov and momentum > 0,
-                           foreach=foreach)
+                           foreach=None if fused else foreach, fused=fused)
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(params: Iterable[torch.nn.Parameter], lr: float = 1e-3, betas: list[float] = (0.9, 0.999),  # type: ignore[assignment]
-          weight_decay: float = 0.05, eps: float = 1e-8, foreach: bool | None = None) -> torch.optim.AdamW:
+          weight_decay: float = 0.05, eps: float = 1e-8, foreach: bool | None = None,
+          fused: bool | None = None) -> torch.optim.AdamW:
     """AdamW (decoupled weight decay) on every parameter, e.g. for transformer backbones."""
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps, foreach=foreach)
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps,
+                             foreach=None if fused else foreach, fused=fused)
 
 
 def warmup_step_factor(epoch: int, step1: int, step2: int, gamma: float, warmup_epoch: int) -> float:

@@ -19,10 +19,25 @@ from trainer.build import (build_combiner, build_criterion, build_model, build_o
 from trainer.distributed import any_rank, barrier, convert_sync_batchnorm, sum_over_ranks, wrap_ddp
 from trainer.hooks import STAGES, BuildContext, build_sections
 from trainer.stages import Stage, StopRequest
-from utils.device import autocast_context, synchronize
+from utils.device import autocast_context, resolve_amp, synchronize
 from utils.logging import ScalarWriter, progress
 from utils.seed import Stream, numpy_generator, torch_generator
 from utils.errors import ConfigError
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_options(setting: bool | str) -> dict[str, str] | None:
+    """torch.compile arguments of ``trainer.compile``: false (eager), true (inductor, default mode), a mode
+    (``reduce-overhead`` = CUDA graphs, ``max-autotune``, ...) or another backend's name (``aot_eager``)."""
+    if setting is False:
+        return None
+    if setting is True:
+        return {"backend": "inductor", "mode": "default"}
+    if setting in COMPILE_MODES:
+        return {"backend": "inductor", "mode": setting}
+    return {"backend": setting}
 
 
 @STAGES.register("sgd")
@@ -36,7 +51,7 @@ class Trainer(Stage):
 
     def __init__(self, config: dict[str, Any], device: torch.device, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, device, *args, **kwargs)
-        self.amp = self.cfg_trainer["amp"]
+        self.amp = resolve_amp(self.cfg_trainer["amp"], device)
         self.data: DataBundle = self.data or build_data(config, device, limit_batches=self.limit_batches,
                                                         rank=self.dist.rank, world_size=self.dist.world_size,
                                                         limit_val_batches=self.limit_val_batches)
@@ -55,13 +70,19 @@ class Trainer(Stage):
         self.num_experts = num_experts_of(self.model)
         self.criterion = build_criterion(config, self.cls_num_list, self.num_experts).to(device)
         check_loss_inputs(self.criterion, self.model, self.sections)
-        self.optimizer = build_optimizer(config, self.model)
+        self.optimizer = build_optimizer(config, self.model, prefer_fused=self.amp == "fp16")
         self.scheduler = build_scheduler(config, self.optimizer)
         self.scaler = torch.amp.GradScaler(device.type) if self.amp == "fp16" else None
         step_model = self.model
         for section in self.sections:  # e.g. a frozen teacher next to the student
             step_model = section.step_model(step_model, ctx)
         self.step_model = self._wrap(step_model)
+        options = compile_options(self.cfg_trainer["compile"])
+        # forward and loss are compiled (AOTAutograd compiles their backward too); full batches only, so that shapes
+        # never change and CUDA graphs can be replayed (a partial last batch would recompile)
+        self.step_criterion = torch.compile(self.criterion, **options) if options is not None else self.criterion
+        if options is not None and "drop_last" not in (config["data_loader"].get("args") or {}):
+            self.data.train_loader.drop_last = True
         self.monitor_mode, self.monitor_key = self._parse_monitor(self.cfg_trainer["monitor"])
         self.monitor_best = -math.inf if self.monitor_mode == "max" else math.inf
         if self.resume_state is not None:
@@ -70,15 +91,19 @@ class Trainer(Stage):
         self.writer = ScalarWriter(None, enabled=False)  # fit() opens the run's TensorBoard writer
 
     def _wrap(self, net: nn.Module) -> nn.Module:
-        """DDP under torchrun, else DataParallel for n_gpu > 1 on several visible GPUs; optional torch.compile."""
+        """DDP in a multi-process run; DataParallel only when ``trainer.parallel`` asks for it; optional torch.compile."""
         n_gpu = int(self.config.get("n_gpu", 1))
         if self.dist.is_distributed:
             net = wrap_ddp(net, self.device)
         elif self.device.type == "cuda" and n_gpu > 1 and torch.cuda.device_count() > 1:
-            net = nn.DataParallel(net, device_ids=list(range(min(n_gpu, torch.cuda.device_count()))))
-        backend = self.cfg_trainer["compile"]
-        if backend:
-            net = torch.compile(net, backend=backend if isinstance(backend, str) else "inductor")
+            if self.cfg_trainer["parallel"] == "data_parallel":
+                net = nn.DataParallel(net, device_ids=list(range(min(n_gpu, torch.cuda.device_count()))))
+            else:
+                self.logger.warning(f"n_gpu={n_gpu} but this is a single process: train.py starts one DDP process "
+                                    "per GPU itself; from Python, launch with torchrun (training on one GPU now)")
+        options = compile_options(self.cfg_trainer["compile"])
+        if options is not None:
+            net = torch.compile(net, **options)
         return net
 
     @staticmethod
@@ -117,7 +142,7 @@ class Trainer(Stage):
         for step, (images, target) in enumerate(bar, start=start_step):
             gen = torch_generator(self.device, self.seed, epoch, step, Stream.COMBINER)
             with autocast_context(self.device, self.amp):
-                out = combiner(self.step_model, images, target, self.criterion, gen,
+                out = combiner(self.step_model, images, target, self.step_criterion, gen,
                                numpy_generator(self.seed, epoch, step, Stream.COMBINER))
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:

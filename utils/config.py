@@ -36,11 +36,13 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "monitor": "off",          # "max val_accuracy" writes best.pth; off by default (no test-set selection)
     "log_interval": 20,        # steps between progress-bar refreshes (each one is a host sync)
     "channels_last": True,
-    "amp": "off",              # off | bf16 | fp16
-    "compile": False,          # false, true (inductor) or a torch.compile backend name such as "aot_eager"
+    "amp": "off",              # off | bf16 | fp16 | auto (bf16 on GPUs that support it, fp32 elsewhere)
+    "compile": False,          # false | true | an inductor mode (default, reduce-overhead = CUDA graphs,
+                               # max-autotune) | another torch.compile backend such as "aot_eager"
     "tensorboard": True,
     "deterministic": False,
-    "sync_batchnorm": False,   # DDP (torchrun) only: BN statistics over the global batch instead of per process
+    "sync_batchnorm": False,   # DDP only: BN statistics over the global batch instead of per process
+    "parallel": "ddp",         # n_gpu > 1 GPUs: ddp (train.py starts one process per GPU) | data_parallel
 }
 EVALUATION_DEFAULTS: dict[str, Any] = {
     "many_threshold": 100,     # many-shot: n_c > many_threshold
@@ -227,8 +229,12 @@ def resolve_config(config: dict[str, Any], sections: Mapping[str, SectionValidat
     config.setdefault("n_gpu", 1)
     _fill_defaults(config, "trainer", TRAINER_DEFAULTS)
     trainer = config["trainer"]
-    if trainer["amp"] not in ("off", "bf16", "fp16"):
-        raise ConfigError(f"trainer.amp must be 'off', 'bf16' or 'fp16', got {trainer['amp']!r}")
+    if trainer["amp"] not in ("off", "bf16", "fp16", "auto"):
+        raise ConfigError(f"trainer.amp must be 'off', 'bf16', 'fp16' or 'auto' (bf16 on GPUs, fp32 on CPUs), got "
+                          f"{trainer['amp']!r}")
+    if trainer["parallel"] not in ("ddp", "data_parallel"):
+        raise ConfigError(f"trainer.parallel must be 'ddp' (one process per GPU) or 'data_parallel', got "
+                          f"{trainer['parallel']!r}")
     _fill_defaults(config.setdefault("evaluation", {}), None, EVALUATION_DEFAULTS, where="evaluation")
     loss_args = config["loss"].setdefault("args", {})
     if "tau_list" in loss_args:

@@ -38,8 +38,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``trainer.amp`` on ``device``: 'auto' means bf16 autocast on a GPU that supports it and fp32 elsewhere (CPUs
+    without native bf16 arithmetic run it emulated, several times slower)."""
+    if amp != "auto":
+        return amp
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+
+
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """torch.autocast for 'bf16' / 'fp16', a no-op context for 'off'."""
+    """torch.autocast for 'bf16' / 'fp16' (and 'auto' where it means bf16), a no-op context for 'off'."""
+    amp = resolve_amp(amp, device)
     if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

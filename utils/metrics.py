@@ -44,7 +44,7 @@ def accuracy_report(logits: torch.Tensor, target: torch.Tensor, masks: dict[str,
     """Micro top-1 ('all', percent) plus many/medium/few class-mean accuracies (percent) for one test set."""
     pred = logits.argmax(dim=1)
     recall, _ = per_class_accuracy(pred, target, logits.shape[1])
-    report = {name: 100.0 * group_accuracy(recall, mask) for name, mask in masks.items()}
+    report = {name: 100.0 * group_accuracy(recall, mask.to(recall.device)) for name, mask in masks.items()}
     report["all"] = 100.0 * float((pred == target).double().mean()) if target.numel() else float("nan")
     return report
 
@@ -64,7 +64,7 @@ def calibration_errors(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 
     acc_sum = torch.bincount(bins, weights=correct, minlength=n_bins)
     conf_sum = torch.bincount(bins, weights=confidence, minlength=n_bins)
     nonempty = count > 0
-    gap = torch.zeros(n_bins, dtype=torch.float64)
+    gap = torch.zeros(n_bins, dtype=torch.float64, device=count.device)
     gap[nonempty] = (conf_sum[nonempty] - acc_sum[nonempty]).abs() / count[nonempty]
     total = max(int(probs.shape[0]), 1)
     return {"ece": 100.0 * float((count / total * gap).sum()), "mce": 100.0 * float(gap.max())}

@@ -33,8 +33,10 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+    # cuDNN picks the fastest convolution algorithm per input shape (shapes are fixed in training); the choice is
+    # timing-dependent, so deterministic runs keep the default algorithms
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def derive_seed(*keys: int) -> int:

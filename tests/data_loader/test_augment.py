@@ -1,4 +1,5 @@
 """Batch-level tensor augmentation checked against per-image reference computations."""
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -52,10 +53,10 @@ def test_grouped_autoaugment_equals_per_image_application():
     gen_seed = 11
     out = auto_augment(images, torch.Generator().manual_seed(gen_seed))
     # replay the same draws and apply each image's two ops one image at a time
-    gen = torch.Generator().manual_seed(gen_seed)  # auto_augment draws on a CPU generator with gen's seed
-    choice = torch.randint(0, len(CIFAR10_POLICY), (48,), generator=gen)
-    fire = torch.rand(48, 2, generator=gen)
-    sign = torch.where(torch.rand(48, 2, generator=gen) < 0.5, -1.0, 1.0)
+    rng = np.random.default_rng(gen_seed)  # auto_augment draws on the host with NumPy, seeded with gen's seed
+    choice = rng.integers(0, len(CIFAR10_POLICY), size=48)
+    fire = rng.random((48, 2))
+    sign = np.where(rng.random((48, 2)) < 0.5, -1.0, 1.0)
     changed = 0
     for i in range(48):
         img = images[i:i + 1].clone()
@@ -85,3 +86,20 @@ def test_normalize_matches_reference_formula():
     ref = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_device_kernels_equal_torchvision_for_every_geometric_op_and_sharpness():
+    """The cached-constant kernels that replace torchvision's per-call tensors give torchvision's pixels."""
+    from data_loader.augment import _affine_nearest, _inverse_affine, _sharpness
+
+    images = batch(6, h=14, w=10, seed=9)
+    fill = torch.tensor([128.0, 7.0, 250.0])
+    for op in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"):
+        for bin_index in (1, 5, 9):
+            for sign in (-1.0, 1.0):
+                magnitude = sign * _op_magnitude(op, bin_index, 14, 10)
+                theta = torch.tensor(_inverse_affine(op, magnitude, 14, 10), dtype=torch.float32).view(1, 2, 3)
+                expected = apply_op(images, op, magnitude, [128, 7, 250])
+                assert torch.equal(_affine_nearest(images, theta, fill), expected), (op, magnitude)
+    for factor in (0.1, 1.0, 1.9):
+        assert torch.equal(_sharpness(images, factor), apply_op(images, "Sharpness", factor - 1.0, [0, 0, 0]))

@@ -60,3 +60,35 @@ def test_two_process_ddp_equals_single_process_on_the_global_batch(imagenet_lt_d
         assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-4, rtol=1e-3), key
     moved = [k for k, v in a["model"].items() if v.is_floating_point() and not torch.equal(v, b["model"][k])]
     assert moved, "float rounding differs somewhere: the two runs really are separate computations"
+
+
+@pytest.mark.slow
+def test_train_py_starts_ddp_processes_itself(imagenet_lt_dir, tmp_path):
+    """``train.py --nproc 2`` (what n_gpu > 1 does on a GPU machine without torchrun): fresh processes, one DDP job,
+    rank 0 writes one run directory whose weights equal the single-process run on the global batch."""
+    config = image_list_config(imagenet_lt_dir, tmp_path, **{"trainer.sync_batchnorm": True, "combiner": {"type": "default"},
+                                                              "trainer.val_period": 0})
+    path = write_config(tmp_path / "c.json", config)
+    common = ["-c", str(path), "-d", "cpu", "--quiet", "--limit_batches", "2"]
+    assert train_main(common + ["--save_dir", str(tmp_path / "single")]) == 0
+    assert train_main(common + ["--save_dir", str(tmp_path / "ddp"), "--nproc", "2"]) == 0
+    single, ddp = list((tmp_path / "single").rglob("last.pth")), list((tmp_path / "ddp").rglob("last.pth"))
+    assert len(ddp) == 1, "only rank 0 writes a run directory"
+    a, b = load_checkpoint(single[0]), load_checkpoint(ddp[0])
+    for key, value in a["model"].items():
+        assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-4, rtol=1e-3), key
+
+
+def test_processes_to_start():
+    from trainer.distributed import processes_to_start
+
+    config = {"n_gpu": 4, "trainer": {"parallel": "ddp"}}
+    cpu = torch.device("cpu")
+    assert processes_to_start(config, cpu, env={}) == 1            # n_gpu means GPUs: a CPU run is one process
+    assert processes_to_start(config, cpu, 3, env={}) == 3         # --nproc
+    assert processes_to_start(config, cpu, 3, env={"WORLD_SIZE": "2", "RANK": "0"}) == 1  # already a worker
+    if torch.cuda.device_count() < 2:
+        return
+    cuda = torch.device("cuda")
+    assert processes_to_start(config, cuda, env={}) == min(4, torch.cuda.device_count())
+    assert processes_to_start({**config, "trainer": {"parallel": "data_parallel"}}, cuda, env={}) == 1

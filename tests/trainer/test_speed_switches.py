@@ -47,7 +47,9 @@ def plain(cifar10_dir, tmp_path_factory):
     {"arch.args.batched_experts": True, "trainer.channels_last": True},
     # aot_eager traces with dynamo + AOTAutograd like inductor but skips code generation (seconds, not minutes)
     pytest.param({"trainer.compile": "aot_eager"}, marks=pytest.mark.slow),
-], ids=["channels_last", "batched_experts", "batched+channels_last", "compile"])
+    # inductor code generation (C++ on CPU) of forward, loss and backward
+    pytest.param({"trainer.compile": "default"}, marks=pytest.mark.slow),
+], ids=["channels_last", "batched_experts", "batched+channels_last", "compile", "compile_inductor"])
 def test_switch_matches_plain_step(cifar10_dir, tmp_path, plain, overrides):
     loss, grads = one_step(cifar10_dir, tmp_path, **{"trainer.channels_last": False, **overrides})
     plain_loss, plain_grads = plain
@@ -64,3 +66,31 @@ def test_bf16_autocast_is_close_to_fp32(cifar10_dir, tmp_path):
     flat = torch.cat([g.flatten() for g in grads.values()])
     ref = torch.cat([g.flatten() for g in plain_grads.values()])
     assert torch.nn.functional.cosine_similarity(flat, ref, dim=0) > 0.98
+
+
+def test_compile_settings_and_full_batches(cifar10_dir, tmp_path):
+    """trainer.compile: modes go to inductor, other strings are backends; compiling trains on full batches only."""
+    from trainer.trainer import compile_options
+
+    assert compile_options(False) is None
+    assert compile_options(True) == {"backend": "inductor", "mode": "default"}
+    assert compile_options("reduce-overhead") == {"backend": "inductor", "mode": "reduce-overhead"}
+    assert compile_options("aot_eager") == {"backend": "aot_eager"}
+    eager = Trainer(resolve(tiny_config(cifar10_dir, tmp_path, epochs=1)), torch.device("cpu"), None, None, quiet=True)
+    compiled = Trainer(resolve(tiny_config(cifar10_dir, tmp_path, epochs=1, **{"trainer.compile": "aot_eager"})),
+                       torch.device("cpu"), None, None, quiet=True)
+    n, batch = len(compiled.data.train_set), compiled.data.train_loader.batch_size
+    assert n % batch, "the tiny training set must end with a partial batch for this check"
+    assert len(eager.data.train_loader) == -(-n // batch) and len(compiled.data.train_loader) == n // batch
+    assert all(len(target) == batch for _, target in compiled.data.train_loader.batches(1))
+
+
+def test_amp_auto_is_bf16_on_gpus_and_fp32_on_cpus(cifar10_dir, tmp_path):
+    from utils.device import resolve_amp
+
+    assert resolve_amp("auto", torch.device("cpu")) == "off" and resolve_amp("fp16", torch.device("cpu")) == "fp16"
+    trainer = Trainer(resolve(tiny_config(cifar10_dir, tmp_path, epochs=1, **{"trainer.amp": "auto"})),
+                      torch.device("cpu"), None, None, quiet=True)
+    assert trainer.amp == "off" and trainer.scaler is None
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        assert resolve_amp("auto", torch.device("cuda")) == "bf16"

@@ -22,6 +22,10 @@ CRT_STAGE1 = {name: {"init_from.checkpoint": f"saved/{name.split('/')[0]}_ce_lin
 # Places-LT reads the shipped official (SADE v2, frequency-relabelled) lists
 PLACES_V2 = {name: {"data_loader.args.txt_dir": "data_txt/Places_LT_v2"}
              for name in ("places_lt/balpoe_resnet152.json", "places_lt/sade_resnet152.json")}
+# Options added since the snapshot, with the value every config now resolves to
+NEW_DEFAULTS = {"trainer.parallel": "ddp"}  # n_gpu > 1 starts DDP processes instead of DataParallel
+# the 224-pixel runtime trains in bf16 on GPUs (fp32 on CPUs): trainer.amp "auto"
+LARGE_SCALE = ("imagenet_lt/", "inat2018/", "places_lt/", "custom/")
 INTENDED = {
     **CRT_STAGE1,
     **PLACES_V2,
@@ -103,7 +107,9 @@ def test_every_shipped_config_resolves_as_before_the_inheritance_move():
     assert set(before) <= set(shipped), f"configs removed: {sorted(set(before) - set(shipped))}"
     problems = {}
     for name, expected in before.items():
-        expected = with_changes(expected, INTENDED.get(name, {}))
+        expected = with_changes(expected, {**NEW_DEFAULTS, **INTENDED.get(name, {})})
+        if name.startswith(LARGE_SCALE):
+            expected = with_changes(expected, {"trainer.amp": "auto"})
         differences = diff_keys(expected, resolve(load_config(ROOT / "configs" / name)))
         if differences:
             problems[name] = differences

@@ -1,0 +1,126 @@
+"""The device check: one command on a GPU machine (about 5-8 minutes on one H100/H200).
+
+python -m tools.gpu_check [--out DIR] [--skip_tests] [--steps N]
+
+1. the CUDA-only tests (``pytest -m gpu``: no host sync per step detected by CUDA's sync debug mode, fp16/bf16
+   resume exactness, DDP with NCCL when 2+ GPUs are visible, compiled steps equal to eager);
+2. a throughput table (train and eval images/s, peak memory) for BalPoE 3-expert ResNet-32 on CIFAR-100-LT
+   (batch 128, synthetic data of the real shape and class counts) under each speed switch, and for ImageNet-LT
+   ResNeXt-50 with 3 experts (in-memory synthetic 224 px images: the model's rate, not JPEG decoding);
+3. the time of evaluating every test prior of iNaturalist 2018 (24,426 x 3 x 8,142 logits) on the device.
+
+Prints Markdown (and writes ``gpu_check.md`` into ``--out``); paste it into the README's GPU section.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from tools.benchmark import benchmark_prior_evaluation, run_benchmark
+from tools.common import run_tool
+from trainer.build import resolve
+from utils.config import apply_overrides, load_config
+from utils.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = "configs/cifar100_ir100/balpoe_standard.json"
+IMAGENET = "configs/imagenet_lt/balpoe_resnext50_standard.json"
+# (label, config, overrides): every switch of the issue's table
+SETTINGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("CIFAR-100-LT BalPoE, eager fp32, looped experts", CIFAR, {"trainer.amp": "off"}),
+    ("CIFAR-100-LT BalPoE, eager bf16, looped experts", CIFAR, {"trainer.amp": "bf16"}),
+    ("CIFAR-100-LT BalPoE, eager bf16, batched experts", CIFAR, {"trainer.amp": "bf16", "arch.args.batched_experts": True}),
+    ("CIFAR-100-LT BalPoE, compile (inductor) bf16", CIFAR, {"trainer.amp": "bf16", "trainer.compile": "default"}),
+    ("CIFAR-100-LT BalPoE, compile + CUDA graphs bf16", CIFAR, {"trainer.amp": "bf16", "trainer.compile": "reduce-overhead"}),
+    ("CIFAR-100-LT BalPoE, compile + CUDA graphs bf16, batched", CIFAR,
+     {"trainer.amp": "bf16", "trainer.compile": "reduce-overhead", "arch.args.batched_experts": True}),
+    ("ImageNet-LT BalPoE ResNeXt-50 x3, eager fp32", IMAGENET, {"trainer.amp": "off"}),
+    ("ImageNet-LT BalPoE ResNeXt-50 x3, eager bf16", IMAGENET, {"trainer.amp": "bf16"}),
+    ("ImageNet-LT BalPoE ResNeXt-50 x3, compile bf16", IMAGENET, {"trainer.amp": "bf16", "trainer.compile": "default"}),
+]
+
+
+def run_gpu_tests() -> int:
+    """``pytest -m gpu`` in a fresh interpreter (its exit code)."""
+    return subprocess.call([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], cwd=ROOT)
+
+
+def throughput_rows(device: torch.device, steps: int, warmup: int) -> list[dict[str, Any]]:
+    """Benchmark every setting; a setting that fails (e.g. a compiler error) is reported, not fatal."""
+    rows = []
+    for label, path, overrides in SETTINGS:
+        config = resolve(apply_overrides(load_config(ROOT / path), list(overrides.items())))
+        start = time.perf_counter()
+        try:
+            _, result = run_benchmark(config, device, steps, warmup, eval_batches=10, synthetic=True)
+        except Exception as exc:  # noqa: BLE001 - one failing switch must not hide the others
+            rows.append({"setting": label, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"})
+            continue
+        finally:
+            torch.cuda.empty_cache() if device.type == "cuda" else None
+        rows.append({"setting": label, **result, "wall_s": time.perf_counter() - start,
+                     "batch": config["data_loader"]["args"]["batch_size"]})
+        print(f"{label}: {result['train_images_per_s']:.0f} train images/s", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], device: torch.device, priors: dict[str, float] | None) -> str:
+    """The table for the README."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    lines = [f"Device check on {name} (torch {torch.__version__}), `python -m tools.gpu_check`:", "",
+             "| setting | batch | train images/s | epoch estimate | bare fwd+bwd images/s | eval images/s | peak memory |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['setting']} | | failed: {r['error']} | | | | |")
+            continue
+        lines.append(f"| {r['setting']} | {r['batch']} | {r['train_images_per_s']:.0f} | "
+                     f"{r['train_epoch_s_estimate']:.1f} s | {r['bare_images_per_s']:.0f} | {r['eval_images_per_s']:.0f} | "
+                     f"{r['peak_memory_mib'] / 1024:.1f} GiB |")
+    if priors:
+        lines += ["", f"iNaturalist 2018, every test prior x (none, oracle, EM) from 3-expert logits: "
+                      f"{priors['seconds']:.1f} s, peak memory {priors['peak_memory_mib'] / 1024:.1f} GiB"]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of the device check."""
+    p = argparse.ArgumentParser(description="CUDA tests + throughput table (run on a GPU machine).")
+    p.add_argument("--out", help="folder for gpu_check.md")
+    p.add_argument("--skip_tests", action="store_true", help="only the throughput table")
+    p.add_argument("--steps", type=int, default=30, help="timed training steps per setting")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps per setting (compilation happens here)")
+    p.add_argument("-d", "--device", default="cuda", help="cuda (default); cpu only to try the script itself")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Tests, then figures."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("no CUDA GPU is visible: the device check runs on a GPU machine (CI never runs it)")
+    code = 0 if args.skip_tests else run_gpu_tests()
+    rows = throughput_rows(device, args.steps, args.warmup)
+    priors = benchmark_prior_evaluation(resolve(load_config(ROOT / "configs/inat2018/balpoe_resnet50_standard.json")),
+                                        device)
+    text = markdown(rows, device, priors)
+    print(text)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "gpu_check.md").write_text(text + "\n")
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m tools.gpu_check``."""
+    return run_tool(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
