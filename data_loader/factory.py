@@ -14,7 +14,9 @@ from utils.errors import ConfigError, DataNotFoundError
 # Keys of data_loader.args that configure the loader rather than the data set itself.
 # batch_size is the GLOBAL batch of one optimizer step; under torchrun each of W processes takes batch_size / W.
 # num_workers: decoding processes of image-file data sets (in-memory tensor data sets need none).
-LOADER_KEYS = {"batch_size": int, "sampler": str, "augment": (dict, str), "drop_last": bool, "num_workers": int}
+# decode: "pil" (workers decode and transform) or "device" (workers read bytes; JPEGs decoded on the training device).
+LOADER_KEYS = {"batch_size": int, "sampler": str, "augment": (dict, str), "drop_last": bool, "num_workers": int,
+               "decode": str}
 
 
 @dataclass
@@ -104,7 +106,8 @@ def build_data(config: dict[str, Any], device: torch.device, train: bool = True,
     """
     _, loader_args = split_loader_args(config["data_loader"])
     common = {"channels_last": bool(config.get("trainer", {}).get("channels_last", False)),
-              "seed": int(config.get("seed", 1)), "num_workers": loader_args.get("num_workers", 0), "device": device}
+              "seed": int(config.get("seed", 1)), "num_workers": loader_args.get("num_workers", 0), "device": device,
+              "decode": loader_args.get("decode", "pil")}
     train_set = train_loader = None
     if train:
         train_set = build_dataset(config, "train").to(device)

@@ -17,9 +17,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.functional import pil_to_tensor
 
 from data_loader.augment import normalize
+from data_loader.device_decode import DECODE_MODES, DevicePlan, decode_batch, device_plan, keep_list, read_encoded
 from data_loader.image_lists import ImageListDataset
 from data_loader.image_transforms import IMAGE_AUGMENTS, ImageTransform, eval_transform
 from data_loader.loader import LOADERS, BatchLoader
+from utils.errors import ConfigError
 from utils.seed import Stream, derive_seed
 
 SampleKey = tuple[int, int, int]  # (index in the data set, epoch, position in the global epoch order)
@@ -41,6 +43,29 @@ class SampleReader(Dataset):
             torch.manual_seed(derive_seed(self.seed, epoch, position, Stream.AUGMENT))
             image = self.transform(image)
         return pil_to_tensor(image), int(self.dataset.targets[index])
+
+
+class EncodedReader(Dataset):
+    """Worker side of ``decode: device``: the file's bytes (JPEG) and the sample's augmentation parameters, drawn
+    under the same per-sample seed as SampleReader's transform."""
+
+    def __init__(self, dataset: ImageListDataset, plan: DevicePlan, seed: int) -> None:
+        self.dataset, self.plan, self.seed = dataset, plan, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, bool, list[float], int]:
+        index, epoch, position = key
+        try:
+            data, encoded, (width, height) = read_encoded(self.dataset.root / self.dataset.relative_path(index))
+        except OSError:
+            self.dataset.load_image(index)  # raises the data set's error naming the file and its list
+            raise
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, epoch, position, Stream.AUGMENT))
+            params = self.plan.draw(width, height)
+        return data, encoded, params, int(self.dataset.targets[index])
 
 
 class TwoViewReader(SampleReader):
@@ -99,10 +124,14 @@ class ImageListLoader(BatchLoader):
     def __init__(self, dataset: ImageListDataset, batch_size: int, sampler: str = "random",
                  augment: ImageTransform | None = None, seed: int = 0, drop_last: bool = False,
                  channels_last: bool = False, limit_batches: int | None = None, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, device: torch.device | str = "cpu") -> None:
+                 num_workers: int = 0, device: torch.device | str = "cpu", decode: str = "pil") -> None:
         super().__init__(dataset, batch_size, sampler, None, seed, drop_last, channels_last, limit_batches, rank,
                          world_size)  # type: ignore[arg-type]
+        if decode not in DECODE_MODES:
+            raise ConfigError(f"data_loader.args.decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
         self.transform = augment or eval_transform(dataset.resize_size, dataset.image_size)
+        # decode "device": workers read bytes and draw parameters; JPEGs are decoded and transformed on ``device``
+        self.plan = device_plan(augment, dataset.resize_size, dataset.image_size) if decode == "device" else None
         self.num_workers, self._device = num_workers, torch.device(device)
         self.batch_sampler = EpochBatchSampler(batch_size, rank, world_size)
         self._torch_loader: DataLoader | None = None
@@ -116,10 +145,12 @@ class ImageListLoader(BatchLoader):
         """The persistent DataLoader (workers survive between epochs; seeded; pinned memory on CUDA)."""
         if self._torch_loader is None:
             workers = self.num_workers
+            reader: Dataset = (SampleReader(self.dataset, self.transform, self.seed) if self.plan is None
+                               else EncodedReader(self.dataset, self.plan, self.seed))
             self._torch_loader = DataLoader(
-                SampleReader(self.dataset, self.transform, self.seed), batch_sampler=self.batch_sampler,
-                num_workers=workers, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
-                worker_init_fn=seed_worker if workers > 0 else None,
+                reader, batch_sampler=self.batch_sampler, collate_fn=None if self.plan is None else keep_list,
+                num_workers=workers, pin_memory=self.device.type == "cuda" and self.plan is None,
+                persistent_workers=workers > 0, worker_init_fn=seed_worker if workers > 0 else None,
                 generator=torch.Generator().manual_seed(self.seed))
         return self._torch_loader
 
@@ -139,7 +170,13 @@ class ImageListLoader(BatchLoader):
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (normalised float images, targets) of ``epoch`` from batch ``start_step`` on."""
         self.batch_sampler.configure(self.epoch_order(epoch).tolist(), epoch, start_step, len(self))
-        for images, targets in self.torch_loader():
-            images = images.to(self.device, non_blocking=True)
+        for batch in self.torch_loader():
+            if self.plan is None:
+                images, targets = batch
+                images = images.to(self.device, non_blocking=True)
+            else:
+                images = decode_batch([(data, encoded) for data, encoded, _, _ in batch], self.plan,
+                                      [params for _, _, params, _ in batch], self.device)
+                targets = torch.tensor([target for *_, target in batch])
             yield (normalize(images, self.dataset.mean, self.dataset.std, self.channels_last),
                    targets.to(self.device, non_blocking=True))

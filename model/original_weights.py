@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from model.registry import WEIGHT_FORMATS
-from utils.checkpoint import unwrap_model
+from utils.checkpoint import strip_prefixes, unwrap_model
 from utils.errors import CheckpointError
 from utils.foreign import ForeignObject, load_foreign_object
 
@@ -47,16 +47,7 @@ WRAPPER_PREFIXES = ("module.", "backbone.")  # DataParallel, then the original r
 
 def strip_original_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Remove leading ``module.`` / ``backbone.`` (in any order, repeatedly) from every key."""
-    out = {}
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        out[key] = value
-    return out
+    return strip_prefixes(state_dict, WRAPPER_PREFIXES)
 
 
 def _target_layout(own: dict[str, torch.Tensor]) -> str:

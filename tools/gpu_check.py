@@ -7,7 +7,9 @@ python -m tools.gpu_check [--out DIR] [--skip_tests] [--steps N]
 2. a throughput table (train and eval images/s, peak memory) for BalPoE 3-expert ResNet-32 on CIFAR-100-LT
    (batch 128, synthetic data of the real shape and class counts) under each speed switch, and for ImageNet-LT
    ResNeXt-50 with 3 experts (in-memory synthetic 224 px images: the model's rate, not JPEG decoding);
-3. the time of evaluating every test prior of iNaturalist 2018 (24,426 x 3 x 8,142 logits) on the device.
+3. JPEG decoding + the imagenet augmentation: images/s of the PIL worker path vs ``decode: device`` on synthetic
+   500x375 JPEGs;
+4. the time of evaluating every test prior of iNaturalist 2018 (24,426 x 3 x 8,142 logits) on the device.
 
 Prints Markdown (and writes ``gpu_check.md`` into ``--out``); paste it into the README's GPU section.
 """
@@ -70,7 +72,44 @@ def throughput_rows(device: torch.device, steps: int, warmup: int) -> list[dict[
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], device: torch.device, priors: dict[str, float] | None) -> str:
+def decode_rates(device: torch.device, images: int = 1024, workers: int = 8) -> dict[str, float]:
+    """Loader images/s (decode + imagenet augmentation + normalisation, batch 128) for decode 'pil' and 'device' on
+    synthetic 500x375 JPEGs of 8 classes."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from data_loader.factory import build_data
+
+    rates = {}
+    with tempfile.TemporaryDirectory() as root:
+        rng = np.random.default_rng(0)
+        for i in range(images):
+            folder = Path(root) / "train" / f"c{i % 8}"
+            folder.mkdir(parents=True, exist_ok=True)
+            smooth = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+            Image.fromarray(smooth).resize((500, 375), Image.Resampling.BICUBIC).save(folder / f"{i}.jpg", quality=90)
+        (Path(root) / "test").symlink_to(Path(root) / "train")
+        for decode in ("pil", "device"):
+            config = resolve(apply_overrides(load_config(ROOT / "configs/custom/balpoe_resnet50_image_folder.json"), [
+                ("data_loader.args.data_dir", root), ("data_loader.args.decode", decode),
+                ("data_loader.args.num_workers", workers)]))
+            loader = build_data(config, device).train_loader
+            for _ in loader.batches(0):  # warm-up: workers start, cuDNN/nvJPEG initialise
+                break
+            torch.cuda.synchronize(device) if device.type == "cuda" else None
+            start, seen = time.perf_counter(), 0
+            for batch, _ in loader.batches(1):
+                seen += batch.shape[0]
+            torch.cuda.synchronize(device) if device.type == "cuda" else None
+            rates[decode] = seen / (time.perf_counter() - start)
+            print(f"decode {decode}: {rates[decode]:.0f} images/s", flush=True)
+    return rates
+
+
+def markdown(rows: list[dict[str, Any]], device: torch.device, priors: dict[str, float] | None,
+             decode: dict[str, float] | None = None) -> str:
     """The table for the README."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     lines = [f"Device check on {name} (torch {torch.__version__}), `python -m tools.gpu_check`:", "",
@@ -83,6 +122,9 @@ def markdown(rows: list[dict[str, Any]], device: torch.device, priors: dict[str,
         lines.append(f"| {r['setting']} | {r['batch']} | {r['train_images_per_s']:.0f} | "
                      f"{r['train_epoch_s_estimate']:.1f} s | {r['bare_images_per_s']:.0f} | {r['eval_images_per_s']:.0f} | "
                      f"{r['peak_memory_mib'] / 1024:.1f} GiB |")
+    if decode:
+        lines += ["", f"ImageNet-style loading (500x375 JPEGs, random resized crop + flip + jitter, batch 128, 8 workers): "
+                      f"PIL workers {decode['pil']:.0f} images/s, decode on the device {decode['device']:.0f} images/s"]
     if priors:
         lines += ["", f"iNaturalist 2018, every test prior x (none, oracle, EM) from 3-expert logits: "
                       f"{priors['seconds']:.1f} s, peak memory {priors['peak_memory_mib'] / 1024:.1f} GiB"]
@@ -109,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     rows = throughput_rows(device, args.steps, args.warmup)
     priors = benchmark_prior_evaluation(resolve(load_config(ROOT / "configs/inat2018/balpoe_resnet50_standard.json")),
                                         device)
-    text = markdown(rows, device, priors)
+    text = markdown(rows, device, priors, decode_rates(device))
     print(text)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

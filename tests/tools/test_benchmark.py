@@ -94,3 +94,30 @@ def test_benchmark_compare_rejects_image_file_training_sets() -> None:
 
     with pytest.raises(ValueError, match="--synthetic"):
         original_style_rate({}, FileBacked(), torch.device("cpu"), 1, 0)  # type: ignore[arg-type]
+
+
+def test_benchmark_pipeline_records_every_stage(tmp_path, capsys) -> None:
+    """--pipeline: each stage is benchmarked on stand-in checkpoints of the stages before it (exact paths), and
+    --record keeps its figures with the expected time of its whole schedule; non-SGD stages are marked as such."""
+    import json
+
+    record = tmp_path / "timings.json"
+    rc = benchmark_main(["--pipeline", str(ROOT / "configs/pipelines/fmnist_ir100_decoupling.json"), "--synthetic",
+                         "--steps", "1", "--warmup", "1", "--eval_batches", "1", "--record", str(record),
+                         "--set", "data_loader.args.batch_size=32"])
+    assert rc == 0
+    configs = json.loads(record.read_text())["configs"]
+    assert set(configs) == {f"configs/fmnist_ir100/{name}.json" for name in ("ce_linear", "crt", "lws", "tau_norm")}
+    assert configs["configs/fmnist_ir100/tau_norm.json"]["training"] is False
+    crt = configs["configs/fmnist_ir100/crt.json"]
+    expected = (crt["epochs"] * crt["train_epoch_s_estimate"] + crt["validations"] * 10000 / crt["eval_images_per_s"]) / 3600
+    assert crt["schedule_hours"] == pytest.approx(expected, rel=0.02) and crt["device"] == "cpu"
+    assert "whole schedule" in capsys.readouterr().out
+
+
+def test_gpu_check_needs_a_gpu(capsys) -> None:
+    from tools.gpu_check import main as gpu_check_main
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert gpu_check_main(["--skip_tests"]) == 2 and "no CUDA GPU" in capsys.readouterr().err
