@@ -1,8 +1,9 @@
 """Post-hoc corrections of the ensemble logits for a shifted test prior (docs/methods.md, evaluation protocol).
 
 * ``none``: the logits as they are.
-* ``oracle``: add log q_c, the empirical class prior of the test set itself (BalPoE's "known test prior"; classes
-  absent from the test set get -inf and are never predicted).
+* ``oracle``: add log q_c - log pi_source with q the empirical class prior of the test set itself (BalPoE's "known
+  test prior"; with the default uniform source prior this is log q_c plus a constant, exactly BalPoE's correction;
+  classes absent from the test set get -inf and are never predicted).
 * ``estimate``: add log q_est - log pi_source with q_est estimated by EM from the unlabeled predictions
   (evaluation.source_prior says which prior the posteriors assume); adds ``prior_tv``, the total-variation distance
   of the estimate to the true test prior.
@@ -36,11 +37,15 @@ def no_correction(logits: torch.Tensor, targets: torch.Tensor, context: PosthocC
 
 @POSTHOC.register("oracle")
 def oracle_prior(logits: torch.Tensor, targets: torch.Tensor, context: PosthocContext) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Add the log empirical prior of the test set (the true test prior)."""
-    return logits + log_test_prior(targets, logits.shape[1]).to(logits), {}
+    """Add log q - log pi_source with q the test set's empirical prior (the true prior shift, as 'estimate' with q known)."""
+    shift = log_test_prior(targets, logits.shape[1])
+    spec = context.evaluation.get("source_prior", "uniform")
+    if spec != "uniform":  # a uniform source only shifts every logit by the same constant
+        shift = shift - torch.log(source_prior(spec, context.cls_num_list)).to(shift.device)
+    return logits + shift.to(logits), {}
 
 
-oracle_prior.caption = " with posthoc bias correction (log test prior added)"  # type: ignore[attr-defined]
+oracle_prior.caption = " with posthoc bias correction (true test prior)"  # type: ignore[attr-defined]
 
 
 @POSTHOC.register("estimate")

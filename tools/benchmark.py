@@ -267,7 +267,7 @@ def schedule_estimate(config: dict[str, Any], data: DataBundle, result: dict[str
     validations = epochs // val_period if val_period > 0 else 0
     test_images = test_set_size(config, data)
     seconds = epochs * result["train_epoch_s_estimate"] + validations * test_images / result["eval_images_per_s"]
-    return {"epochs": epochs, "validations": validations, "schedule_hours": round(seconds / 3600, 3)}
+    return {"epochs": epochs, "validations": validations, "schedule_hours": float(f"{seconds / 3600:.4g}")}
 
 
 def test_set_size(config: dict[str, Any], data: DataBundle) -> int:

@@ -34,8 +34,8 @@ def build_parser(description: str, with_priors: bool) -> argparse.ArgumentParser
     add_set_argument(p, "evaluation.source_prior=train")
     if with_priors:
         p.add_argument("--posthoc_bias_correction", nargs="?", const="oracle", metavar="oracle|estimate",
-                       help="also report accuracies after a post-hoc correction of the logits: 'oracle' (default: add the "
-                            "true log prior of each test set) or 'estimate' (EM estimate from the unlabeled predictions, "
+                       help="also report accuracies after a post-hoc correction of the logits: 'oracle' (default: add log q - "
+                            "log pi_source, q the true prior of each test set) or 'estimate' (EM estimate from the unlabeled predictions, "
                             "relative to evaluation.source_prior: uniform | train | train^g)")
         p.add_argument("--aggregation", default="mean",
                        help="how expert logits are combined per test prior: 'mean' (default) or a registered test-time "

@@ -1,9 +1,11 @@
 """EM test-prior estimation (Saerens et al. 2002) on synthetic posteriors whose calibration is known by construction."""
+import math
+
 import pytest
 import torch
 
 from evaluation.report import prior_reports
-from evaluation.hooks import PosthocContext
+from evaluation.hooks import POSTHOC, PosthocContext
 from evaluation.prior_estimation import em_prior, source_prior, total_variation
 from utils.metrics import shot_masks
 from utils.errors import ConfigError
@@ -60,3 +62,21 @@ def test_estimated_correction_rows_report_prior_tv_and_help_on_a_shifted_set():
     assert "prior_tv" in estimate and "prior_tv" not in oracle and estimate["prior_tv"] < 0.03
     assert estimate["all"] > none["all"] + 1.0
     assert abs(estimate["all"] - oracle["all"]) < 1.0
+
+
+def test_oracle_correction_is_relative_to_the_source_prior():
+    """oracle adds log q - log pi_source: by hand on two samples; a uniform source adds log q only (BalPoE)."""
+    logits = torch.tensor([[2.0, 1.0], [0.0, 0.5]])
+    targets = torch.tensor([0, 0, 0, 1])  # q = (0.75, 0.25)
+    train = PosthocContext([80, 20], {"source_prior": "train"})  # pi = (0.8, 0.2)
+    corrected, _ = POSTHOC.get("oracle")(logits, targets, train)
+    by_hand = torch.tensor([[2.0 + math.log(0.75 / 0.8), 1.0 + math.log(0.25 / 0.2)],
+                            [0.0 + math.log(0.75 / 0.8), 0.5 + math.log(0.25 / 0.2)]])
+    assert torch.allclose(corrected, by_hand, atol=1e-6)
+    uniform, _ = POSTHOC.get("oracle")(logits, targets, PosthocContext([80, 20], {"source_prior": "uniform"}))
+    assert torch.allclose(uniform, logits + torch.tensor([math.log(0.75), math.log(0.25)]), atol=1e-6)
+    # a train-calibrated model on a uniform test set becomes logit-adjusted: logits - log pi_train
+    balanced_targets = torch.tensor([0, 1])
+    adjusted, _ = POSTHOC.get("oracle")(logits, balanced_targets, train)
+    assert torch.allclose(adjusted - adjusted[:, :1], (logits - torch.tensor([0.8, 0.2]).log())
+                          - (logits - torch.tensor([0.8, 0.2]).log())[:, :1], atol=1e-6)

@@ -63,7 +63,7 @@ def test_test_all_tables_csv_and_plot(trained, tmp_path, capsys):
                          ["-r", str(dirs[0]), str(dirs[1]), "-d", "cpu", "--posthoc_bias_correction", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
-    assert "with posthoc bias correction (log test prior added)" in out
+    assert "with posthoc bias correction (true test prior)" in out
     assert "tiny_balpoe + oracle" in out and "±" in out  # rows: the method and its corrected version, over 2 seeds
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert len(rows) == 2 * 3 * 2  # checkpoints x priors x (plain, corrected)
