@@ -31,19 +31,38 @@ def source_prior(spec: Any, cls_num_list: Sequence[int]) -> torch.Tensor:
     return prior / prior.sum()
 
 
+def weighted_column_sums(matrix: torch.Tensor, row_weights: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """sum_i row_weights_i * matrix_ij in float64, from float32 products over blocks of ``block`` rows.
+
+    One float32 product over all rows loses about 1e-5 relative per class on 24,426 rows, which EM compounds over
+    its iterations; summing 256-row partial products in float64 keeps it near 1e-7 at the same speed.
+    """
+    rows, columns = matrix.shape
+    full = rows - rows % block
+    partial = torch.bmm(row_weights[:full].view(-1, 1, block), matrix[:full].view(-1, block, columns))
+    sums = partial.squeeze(1).double().sum(dim=0)
+    if full < rows:
+        sums = sums + (row_weights[full:] @ matrix[full:]).double()
+    return sums
+
+
 def em_prior(probs: torch.Tensor, source: torch.Tensor, max_iter: int = 1000, tol: float = 1e-8,
              check_every: int = 10) -> torch.Tensor:
     """EM estimate of the test prior from posteriors ``probs`` (N, C) that are calibrated for prior ``source`` (C,).
 
-    The (N, C) work runs on the posteriors' device and dtype; the prior itself is accumulated in float64. The host
-    reads the convergence test only every ``check_every`` iterations (one synchronisation each), so a converged
-    estimate may take up to ``check_every - 1`` more iterations, each changing it by less than ``tol``.
+    One step is q_j <- mean_i p_ij w_j / sum_k p_ik w_k with w = q / source. It is computed as two matrix-vector
+    products over ``probs`` (w_j * mean_i p_ij / (P w)_i), so no (N, C) temporary is made: on iNaturalist's
+    24,426 x 8,142 posteriors that saves two 800 MB tensors per iteration and most of the memory traffic. The
+    products run on the posteriors' device and dtype; the prior itself is kept in float64. The host reads the
+    convergence test only every ``check_every`` iterations (one synchronisation each), so a converged estimate may
+    take up to ``check_every - 1`` more iterations, each changing it by less than ``tol``.
     """
     source = source.to(probs.device, torch.float64)
     estimate, safe_source = source.clone(), source.clamp_min(torch.finfo(torch.float64).tiny)
     for iteration in range(1, max_iter + 1):
-        adjusted = probs * (estimate / safe_source).to(probs.dtype)
-        updated = (adjusted / adjusted.sum(dim=1, keepdim=True)).mean(dim=0, dtype=torch.float64)
+        weights = estimate / safe_source
+        row_mass = probs @ weights.to(probs.dtype)
+        updated = weights * weighted_column_sums(probs, row_mass.reciprocal()) / probs.shape[0]
         change = (updated - estimate).abs().max()
         estimate = updated
         if iteration % check_every == 0 and float(change) < tol:

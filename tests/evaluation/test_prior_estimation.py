@@ -6,7 +6,7 @@ import torch
 
 from evaluation.report import prior_reports
 from evaluation.hooks import POSTHOC, PosthocContext
-from evaluation.prior_estimation import em_prior, source_prior, total_variation
+from evaluation.prior_estimation import em_prior, source_prior, total_variation, weighted_column_sums
 from utils.metrics import shot_masks
 from utils.errors import ConfigError
 
@@ -36,6 +36,34 @@ def test_em_recovers_a_known_test_prior_from_uniform_calibrated_posteriors():
     source = torch.tensor([0.05, 0.1, 0.15, 0.3, 0.4], dtype=torch.float64)
     shifted = torch.softmax(loglik + source.log(), dim=1)
     assert total_variation(em_prior(shifted, source), estimate) < 1e-4
+
+
+def test_em_step_matches_the_saerens_update_by_hand():
+    """One EM step on two samples: q_j = mean_i p_ij w_j / sum_k p_ik w_k, w = q0 / source, written out by hand."""
+    probs = torch.tensor([[0.9, 0.1], [0.4, 0.6]], dtype=torch.float64)
+    source = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    one_step = em_prior(probs, source, max_iter=1)
+    assert one_step.tolist() == pytest.approx([(0.9 + 0.4) / 2, (0.1 + 0.6) / 2])  # w = 1: the mean posterior
+    two_steps = em_prior(probs, source, max_iter=2)
+    w = [0.65 / 0.5, 0.35 / 0.5]
+    rows = [[0.9 * w[0], 0.1 * w[1]], [0.4 * w[0], 0.6 * w[1]]]
+    by_hand = [sum(r[j] / sum(r) for r in rows) / 2 for j in range(2)]
+    assert two_steps.tolist() == pytest.approx(by_hand, abs=1e-12)
+    # float32 posteriors give the same fixed point as float64 ones
+    gen = torch.Generator().manual_seed(3)
+    many = torch.softmax(3 * torch.randn(500, 7, generator=gen, dtype=torch.float64), dim=1)
+    uniform = torch.full((7,), 1 / 7, dtype=torch.float64)
+    assert total_variation(em_prior(many.float(), uniform), em_prior(many, uniform)) < 1e-5
+
+
+def test_weighted_column_sums_cover_every_row_in_blocks_and_the_remainder():
+    gen = torch.Generator().manual_seed(4)
+    matrix, row_weights = torch.rand(1000, 6, generator=gen), torch.rand(1000, generator=gen)
+    by_formula = (matrix.double() * row_weights.double()[:, None]).sum(dim=0)  # 3 blocks of 256 + 232 rows
+    assert torch.allclose(weighted_column_sums(matrix, row_weights), by_formula, rtol=1e-6)
+    assert weighted_column_sums(matrix, row_weights).dtype == torch.float64
+    few = weighted_column_sums(matrix[:3], row_weights[:3])  # fewer rows than one block
+    assert torch.allclose(few, (matrix[:3].double() * row_weights[:3, None].double()).sum(dim=0))
 
 
 def test_source_prior_specs():
