@@ -65,8 +65,16 @@ def synthetic_bundle(config: dict[str, Any], device: torch.device) -> DataBundle
                       BatchLoader(test, config["evaluation"]["test_batch_size"], "sequential", None, 0, False, channels_last))
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window on CUDA, so each benchmarked setting reports its own peak (the CPU's peak
+    RSS cannot be reset: it stays the process's peak)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated (CUDA) or peak resident set size of this process (CPU), in MiB."""
+    """Peak GPU memory allocated since the last reset (CUDA) or peak resident set size of this process (CPU), in MiB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -97,6 +105,7 @@ def run_benchmark(config: dict[str, Any], device: torch.device, steps: int, warm
                   synthetic: bool) -> tuple[Trainer, dict[str, float]]:
     """Time ``steps`` training steps after ``warmup`` steps, and ``eval_batches`` evaluation batches; returns the
     trainer too (its state feeds a pipeline's later stages)."""
+    reset_peak_memory(device)
     trainer, train = timed_training(config, device, steps, warmup, synthetic)
     data = trainer.data
     bare = bare_step_rate(trainer, max(4, steps // 2))
@@ -245,6 +254,7 @@ def benchmark_prior_evaluation(config: dict[str, Any], device: torch.device,
     logits[torch.arange(len(test)), :, test.targets] += 4.0  # a model that is mostly right
     priors = list(DATASET_PRIORS.get(name, CIFAR_TEST_PRIORS))
     subsets = {p: test.test_prior_indices(p, counts) for p in priors}
+    reset_peak_memory(device)
     before = peak_memory_mb(device)
     synchronize(device)
     start = time.perf_counter()

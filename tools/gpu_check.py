@@ -64,8 +64,6 @@ def throughput_rows(device: torch.device, steps: int, warmup: int) -> list[dict[
         except Exception as exc:  # noqa: BLE001 - one failing switch must not hide the others
             rows.append({"setting": label, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"})
             continue
-        finally:
-            torch.cuda.empty_cache() if device.type == "cuda" else None
         rows.append({"setting": label, **result, "wall_s": time.perf_counter() - start,
                      "batch": config["data_loader"]["args"]["batch_size"]})
         print(f"{label}: {result['train_images_per_s']:.0f} train images/s", flush=True)

@@ -100,3 +100,17 @@ def test_compiled_step_matches_eager_on_cuda(mode):
         trainer.data.train_loader.limit_batches = 3
         losses[compile_setting] = trainer.train_epoch(1)["loss"]
     assert losses[mode] == pytest.approx(losses[False], rel=1e-3)
+
+
+def test_benchmark_peak_memory_is_per_setting_on_cuda():
+    """Each benchmarked setting reports its own peak: a large earlier allocation must not show in the next window."""
+    from tools.benchmark import peak_memory_mb, reset_peak_memory
+
+    device = torch.device("cuda")
+    big = torch.empty(512 * 2**20, dtype=torch.uint8, device=device)  # 512 MiB
+    del big
+    assert peak_memory_mb(device) >= 512
+    reset_peak_memory(device)
+    small = torch.empty(2**20, dtype=torch.uint8, device=device)
+    assert peak_memory_mb(device) < 256
+    del small
