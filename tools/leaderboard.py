@@ -82,12 +82,15 @@ def read_timings(patterns: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]
     return timings
 
 
-def time_cell(record: dict[str, Any] | None) -> str:
-    """The expected wall time of a config's whole schedule from its benchmark record."""
+def time_cell(record: dict[str, Any] | None, epochs: int | None = None) -> str:
+    """The expected wall time of a config's whole schedule from its benchmark record; a record taken for another
+    number of epochs than the config now has is shown as stale rather than as a wrong time."""
     if record is None:
         return NOT_MEASURED
     if not record.get("training", True):
         return "no SGD (one pass)"
+    if epochs is not None and record.get("epochs") not in (None, epochs):
+        return f"stale: benchmarked for {record['epochs']} epochs, re-run its --record command"
     return format_hours(float(record["schedule_hours"]))
 
 
@@ -136,7 +139,8 @@ def build_rows(root: Path, paper: dict[str, Any], timings: dict[str, dict[str, d
         entry = paper.get(key, {})
         row = Row(key, Path(key.split(" ")[0]).parent.name, backbone, epochs, entry.get("top1", "–"),
                   entry.get("source", ""), ours.get(key, "–"))
-        row.times = {device: time_cell(records.get(key)) for device, records in timings.items()}
+        sgd_epochs = config["trainer"]["epochs"] if epochs.isdigit() else None
+        row.times = {device: time_cell(records.get(key), sgd_epochs) for device, records in timings.items()}
         rows.append(row)
     return sorted(rows, key=lambda r: (r.folder, r.key.split(" ")[0], " --set " in r.key, r.key))
 

@@ -44,6 +44,9 @@ def test_only_shipped_tools_may_generate(tmp_path):
 def test_time_cells():
     assert leaderboard.time_cell(None) == leaderboard.NOT_MEASURED
     assert leaderboard.time_cell({"training": False}).startswith("no SGD")
+    record = {"epochs": 30, "schedule_hours": 0.5}
+    assert leaderboard.time_cell(record, 30) == "30 min"
+    assert leaderboard.time_cell(record, 50).startswith("stale: benchmarked for 30 epochs")
     assert [leaderboard.format_hours(h) for h in (0.004, 0.5, 30.0, 100.0)] == ["1 min", "30 min", "30.0 h", "4.2 days"]
 
 
