@@ -139,8 +139,8 @@ def build_rows(root: Path, paper: dict[str, Any], timings: dict[str, dict[str, d
         entry = paper.get(key, {})
         row = Row(key, Path(key.split(" ")[0]).parent.name, backbone, epochs, entry.get("top1", "–"),
                   entry.get("source", ""), ours.get(key, "–"))
-        sgd_epochs = config["trainer"]["epochs"] if epochs.isdigit() else None
-        row.times = {device: time_cell(records.get(key), sgd_epochs) for device, records in timings.items()}
+        row.times = {device: time_cell(records.get(key), config["trainer"].get("epochs"))
+                     for device, records in timings.items()}
         rows.append(row)
     return sorted(rows, key=lambda r: (r.folder, r.key.split(" ")[0], " --set " in r.key, r.key))
 
