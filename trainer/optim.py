@@ -30,6 +30,17 @@ def adamw(params: Iterable[torch.nn.Parameter], lr: float = 1e-3, betas: list[fl
                              foreach=None if fused else foreach, fused=fused)
 
 
+def hold_lr_as_tensor(optimizer: torch.optim.Optimizer, as_tensor: bool) -> None:
+    """Hold every group's learning rate as a 0-d CPU tensor (for a compiled update: a Python float is baked into the
+    compiled code, so every schedule change would recompile it) or as a float (eager); the value is kept."""
+    for group in optimizer.param_groups:
+        lr = group["lr"]
+        if as_tensor and not isinstance(lr, torch.Tensor):
+            group["lr"] = torch.tensor(float(lr), dtype=torch.float64)
+        elif not as_tensor and isinstance(lr, torch.Tensor):
+            group["lr"] = float(lr)
+
+
 def warmup_step_factor(epoch: int, step1: int, step2: int, gamma: float, warmup_epoch: int) -> float:
     """LR factor of the reference CustomLR for 0-based scheduler epoch ``epoch`` (trainer epoch t uses f(t-1))."""
     if epoch >= step2:

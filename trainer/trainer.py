@@ -17,6 +17,7 @@ from evaluation.report import masks_for, validation_metrics
 from trainer.build import (build_combiner, build_criterion, build_model, build_optimizer, build_scheduler,
                            check_loss_inputs, num_experts_of)
 from trainer.distributed import any_rank, barrier, convert_sync_batchnorm, sum_over_ranks, wrap_ddp
+from trainer.optim import hold_lr_as_tensor
 from trainer.hooks import STAGES, BuildContext, build_sections
 from trainer.stages import Stage, StopRequest
 from utils.device import autocast_context, resolve_amp, synchronize
@@ -38,6 +39,14 @@ def compile_options(setting: bool | str) -> dict[str, str] | None:
     if setting in COMPILE_MODES:
         return {"backend": "inductor", "mode": setting}
     return {"backend": setting}
+
+
+def update_compile_options(options: dict[str, str]) -> dict[str, str]:
+    """torch.compile arguments of the optimizer update: the step's, without CUDA graphs (the update reads gradients
+    that a graphed backward replay overwrites; compiled, it is a few fused kernels either way)."""
+    if options.get("mode") == "reduce-overhead":
+        return {**options, "mode": "default"}
+    return options
 
 
 @STAGES.register("sgd")
@@ -71,22 +80,28 @@ class Trainer(Stage):
         self.criterion = build_criterion(config, self.cls_num_list, self.num_experts).to(device)
         check_loss_inputs(self.criterion, self.model, self.sections)
         self.optimizer = build_optimizer(config, self.model, prefer_fused=self.amp == "fp16")
-        self.scheduler = build_scheduler(config, self.optimizer)
         self.scaler = torch.amp.GradScaler(device.type) if self.amp == "fp16" else None
+        options = compile_options(self.cfg_trainer["compile"])
+        # the update joins the compiled step unless it is already one fused kernel (fp16: the scaler steps it)
+        self.compiled_update = options is not None and self.scaler is None and not self.optimizer.defaults.get("fused")
+        self.scheduler = build_scheduler(config, self.optimizer)  # before the LR becomes a tensor: float base LRs
+        hold_lr_as_tensor(self.optimizer, self.compiled_update)
         step_model = self.model
         for section in self.sections:  # e.g. a frozen teacher next to the student
             step_model = section.step_model(step_model, ctx)
         self.step_model = self._wrap(step_model)
-        options = compile_options(self.cfg_trainer["compile"])
-        # forward and loss are compiled (AOTAutograd compiles their backward too); full batches only, so that shapes
-        # never change and CUDA graphs can be replayed (a partial last batch would recompile)
+        # forward and loss are compiled (AOTAutograd compiles their backward too), then the update; full batches only,
+        # so that shapes never change and CUDA graphs can be replayed (a partial last batch would recompile)
         self.step_criterion = torch.compile(self.criterion, **options) if options is not None else self.criterion
+        self.update = torch.compile(self._update, **update_compile_options(options)) if self.compiled_update \
+            else self._update
         if options is not None and "drop_last" not in (config["data_loader"].get("args") or {}):
             self.data.train_loader.drop_last = True
         self.monitor_mode, self.monitor_key = self._parse_monitor(self.cfg_trainer["monitor"])
         self.monitor_best = -math.inf if self.monitor_mode == "max" else math.inf
         if self.resume_state is not None:
             self.restore(self.resume_state, len(self.data.train_loader))
+            hold_lr_as_tensor(self.optimizer, self.compiled_update)  # the checkpoint may come from the other mode
         self.stop = StopRequest()
         self.writer = ScalarWriter(None, enabled=False)  # fit() opens the run's TensorBoard writer
 
@@ -105,6 +120,10 @@ class Trainer(Stage):
         if options is not None:
             net = torch.compile(net, **options)
         return net
+
+    def _update(self) -> None:
+        """The optimizer step (compiled into the training step under ``trainer.compile``)."""
+        self.optimizer.step()
 
     @staticmethod
     def _parse_monitor(spec: str) -> tuple[str, str]:
@@ -151,7 +170,7 @@ class Trainer(Stage):
                 self.scaler.update()
             else:
                 out.loss.backward()
-                self.optimizer.step()
+                self.update()
             batch = target.shape[0]
             loss_sum += out.loss.detach() * batch
             correct_sum += out.correct.detach()
@@ -167,7 +186,7 @@ class Trainer(Stage):
                 bar.set_postfix(loss=f"{loss_total / seen:.3f}", acc=f"{100 * correct_total / seen:.1f}",
                                 img_s=f"{seen / (time.perf_counter() - start):.0f}")
                 window_loss = (loss_total - window[0]) / max(seen - window[1], 1)
-                self.writer.add_scalars({"train/loss_step": window_loss, "train/lr_step": self.optimizer.param_groups[0]["lr"]},
+                self.writer.add_scalars({"train/loss_step": window_loss, "train/lr_step": float(self.optimizer.param_groups[0]["lr"])},
                                         (epoch - 1) * total_steps + step + 1)
                 window = (loss_total, seen)
             if self._stop_requested(step, log_every):
@@ -185,7 +204,7 @@ class Trainer(Stage):
             loss_sum, correct_sum, expert_sum, seen = totals[0], totals[1], totals[2:-1], int(totals[-1])
         seen = max(seen, 1)
         metrics = {"loss": float(loss_sum) / seen, "accuracy": 100.0 * float(correct_sum) / seen,
-                   "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
+                   "lr": float(self.optimizer.param_groups[0]["lr"]), "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
         if per_expert_logged:
             metrics.update({f"loss_expert{e}": float(v) / seen for e, v in enumerate(expert_sum.tolist())})
         return metrics

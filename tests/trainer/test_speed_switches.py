@@ -94,3 +94,52 @@ def test_amp_auto_is_bf16_on_gpus_and_fp32_on_cpus(cifar10_dir, tmp_path):
     assert trainer.amp == "off" and trainer.scaler is None
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         assert resolve_amp("auto", torch.device("cuda")) == "bf16"
+
+
+COMPILED_GRAPHS: list[torch.fx.GraphModule] = []
+
+
+@torch._dynamo.register_backend(name="lt_test_recording_eager")
+def recording_eager(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+    """A torch.compile backend that records every graph dynamo hands it and runs it eagerly."""
+    COMPILED_GRAPHS.append(graph)
+    return graph.forward
+
+
+def fit_three_epochs(cifar10_dir, tmp_path, compile_setting, resume=None):
+    """Trainer over 3 epochs whose LR drops 10x each epoch; returns it and the number of graphs compiled per epoch."""
+    config = resolve(tiny_config(cifar10_dir, tmp_path, epochs=3, **{
+        "trainer.compile": compile_setting, "lr_scheduler.args": {"step1": 1, "step2": 2, "gamma": 0.1, "warmup_epoch": 0}}))
+    (tmp_path / "run").mkdir(parents=True)
+    trainer = Trainer(config, torch.device("cpu"), tmp_path / "run", resume, limit_batches=2, quiet=True)
+    graphs_after_epoch: dict[int, int] = {}
+    trainer.callbacks.append(lambda tr, epoch, step: graphs_after_epoch.__setitem__(epoch, len(COMPILED_GRAPHS)))
+    trainer.fit()
+    return trainer, graphs_after_epoch
+
+
+def test_compiled_update_follows_the_schedule_without_recompiling(cifar10_dir, tmp_path):
+    """Under trainer.compile the optimizer update is compiled too, and an LR change does not recompile it (the LR is
+    a tensor input, not a constant baked into the graph); weights match eager training."""
+    eager, _ = fit_three_epochs(cifar10_dir, tmp_path / "eager", False)
+    COMPILED_GRAPHS.clear()
+    compiled, graphs_after_epoch = fit_three_epochs(cifar10_dir, tmp_path / "compiled", "lt_test_recording_eager")
+    update_graphs = [g for g in COMPILED_GRAPHS if any("fma" in str(n.target) or "_foreach" in str(n.target) for n in g.graph.nodes)]
+    assert update_graphs, "the optimizer update was not compiled"
+    assert graphs_after_epoch[1] > 0 and graphs_after_epoch[2] == graphs_after_epoch[1] == graphs_after_epoch[3]
+    assert [h["lr"] for h in compiled.history] == pytest.approx([0.05, 0.005, 0.0005], rel=1e-12)
+    assert [h["lr"] for h in compiled.history] == [h["lr"] for h in eager.history]
+    # float32 with fma rounding: ~3e-5 apart after 6 steps; an update at the wrong LR moves weights by ~1e-2
+    assert [h["loss"] for h in compiled.history] == pytest.approx([h["loss"] for h in eager.history], rel=1e-3)
+    for (name, p), q in zip(compiled.model.named_parameters(), eager.model.parameters()):
+        assert torch.allclose(p, q, atol=3e-4, rtol=1e-3), name
+
+
+def test_checkpoint_of_a_compiled_run_resumes_eagerly(cifar10_dir, tmp_path):
+    """The compiled run holds the LR as a tensor; its checkpoint resumes in an eager run with a float LR."""
+    compiled, _ = fit_three_epochs(cifar10_dir, tmp_path / "compiled", "aot_eager")
+    assert all(isinstance(g["lr"], torch.Tensor) for g in compiled.optimizer.param_groups)
+    state = torch.load(tmp_path / "compiled" / "run" / "checkpoint-epoch2.pth", weights_only=True)
+    resumed, _ = fit_three_epochs(cifar10_dir, tmp_path / "resumed", False, resume=state)
+    assert [type(g["lr"]) for g in resumed.optimizer.param_groups] == [float]
+    assert resumed.history[-1]["lr"] == pytest.approx(0.0005, rel=1e-12) and len(resumed.history) == 3
