@@ -3,7 +3,8 @@
 * ``POSTHOC``: a correction of the ensemble logits of one test set, ``fn(logits (N, C) float32 on the evaluation
   device, targets (N,), context) -> (logits, extra columns)`` ("none", "oracle", "estimate" are built in).
 * ``AGGREGATIONS``: how expert logits become one prediction per test prior, ``fn(run, data, subsets) ->
-  {prior: weights (E,)}`` or ``None`` for the plain mean ("mean" is built in; SADE registers "sade").
+  {prior: weights (E,) or (N_prior, E) per image}`` or ``None`` for the plain mean ("mean" is built in; SADE
+  registers "sade" and its streaming "sade_online").
 * ``REPORTERS``: extra columns of the uniform test report from per-sample model outputs, ``fn(run, extras, targets,
   masks, image_shape) -> {column: value}`` (RIDE's router reports experts used and expected MACs).
 """

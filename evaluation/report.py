@@ -35,10 +35,12 @@ def uniform_report(expert_logits: torch.Tensor, targets: torch.Tensor, masks: di
 
 
 def ensemble_logits(expert_logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Aggregate per-expert logits (N, E, C) -> (N, C): the plain mean, or sum_k w_k z_k for given weights (E,)."""
+    """Aggregate per-expert logits (N, E, C) -> (N, C): the plain mean, or sum_k w_k z_k for given weights, one
+    vector (E,) for every image or one row per image (N, E)."""
     if weights is None:
         return expert_logits.mean(dim=1)
-    return torch.einsum("nec,e->nc", expert_logits, weights.to(expert_logits.device, expert_logits.dtype))
+    weights = weights.to(expert_logits.device, expert_logits.dtype)
+    return torch.einsum("nec,ne->nc" if weights.dim() == 2 else "nec,e->nc", expert_logits, weights)
 
 
 @AGGREGATIONS.register("mean")
@@ -53,7 +55,8 @@ def prior_reports(expert_logits: torch.Tensor, targets: torch.Tensor, subsets: d
                   context: PosthocContext | None = None) -> list[dict[str, Any]]:
     """many/medium/few/all per test prior (index subset) for each post-hoc correction (evaluation/posthoc.py).
 
-    ``weights`` (prior -> (E,)) replaces the plain expert mean (test-time aggregation; rows gain ``w0..w{E-1}``).
+    ``weights`` (prior -> (E,), or (N_prior, E) per image in the order of the prior's indices) replaces the plain
+    expert mean (test-time aggregation; rows gain ``w0..w{E-1}``, the mean over images for per-image weights).
     Everything stays in the logits' dtype (float32) and on their device: the ensemble is formed once, and each
     prior only indexes it, so memory is O(N x C) whatever the number of priors.
     """
@@ -68,8 +71,9 @@ def prior_reports(expert_logits: torch.Tensor, targets: torch.Tensor, subsets: d
             target = targets[idx]
             ensemble = mean_logits[idx] if weight is None else ensemble_logits(expert_logits[idx], weight)
             logits, extra = correct(ensemble, target, context)
-            if weight is not None:
-                extra.update({f"w{e}": float(w) for e, w in enumerate(weight.tolist())})
+            if weight is not None:  # per-image weights (a streaming aggregation) are shown as their mean
+                shown = weight if weight.dim() == 1 else weight.mean(dim=0)
+                extra.update({f"w{e}": float(w) for e, w in enumerate(shown.tolist())})
             rows.append({"prior": prior, "posthoc": mode, **accuracy_report(logits, target, masks), "n_images": len(idx), **extra})
     return rows
 

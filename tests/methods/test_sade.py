@@ -151,6 +151,20 @@ def test_sade_config_trains_and_test_time_aggregation_reports_weights(fmnist_dir
     for row in rows:
         assert sum(float(row[f"w{e}"]) for e in range(3)) == pytest.approx(1.0, abs=1e-3)
     assert not all(float(r["w0"]) == pytest.approx(1 / 3, abs=1e-4) for r in rows)  # the weights were learned
+    # the streaming variant from the command line; with lr 0 its weights stay 1/3, so it must equal the plain mean
+    results = {}
+    for name, extra in [("online", []), ("online_lr0", ["--set", "evaluation.test_time.lr=0"]),
+                        ("mean", ["--aggregation", "mean"])]:
+        aggregation = [] if name == "mean" else ["--aggregation", "sade_online"]
+        assert priors_main(["uniform", "backward5"], ["-r", str(checkpoint), "-d", "cpu", "--out", str(tmp_path / name),
+                                                      *aggregation, *extra]) == 0
+        results[name] = list(csv.DictReader((tmp_path / name / "results.csv").open()))
+    printed = capsys.readouterr().out
+    assert printed.count("final expert weights") == 4 and "one online pass" in printed
+    assert [r["aggregation"] for r in results["online"]] == ["sade_online"] * 2
+    for row in results["online"]:
+        assert sum(float(row[f"w{e}"]) for e in range(3)) == pytest.approx(1.0, abs=1e-3)
+    assert [r["all"] for r in results["online_lr0"]] == [r["all"] for r in results["mean"]]
 
 
 def test_inat_entropy_bonus_matches_hand_computation():
@@ -175,3 +189,104 @@ def test_image_file_view_is_seeded_and_resized():
         outputs.append(np.asarray(view(image)))
     assert outputs[0].shape == (12, 12, 3)
     assert np.array_equal(outputs[0], outputs[1]) and not np.array_equal(outputs[0], outputs[2])
+
+
+def batch_list(views, batch_size):
+    """The view pairs as a list of batches (a single pass)."""
+    return [(views[0][s:s + batch_size], views[1][s:s + batch_size]) for s in range(0, len(views[0]), batch_size)]
+
+
+def test_streaming_weights_are_those_after_each_batch_step():
+    """Each image is predicted with the weights right after its own batch's SGD step; the first step is written out
+    by hand (Nesterov SGD with weight decay from a = 1/3), the later ones equal a one-epoch run on the batches so far."""
+    from methods.sade import stream_expert_weights
+
+    train_prior = synthetic_views(torch.ones(10) / 10)[1]
+    views, _ = synthetic_views(train_prior, num=640)
+    batches = batch_list(views, 64)
+    settings = {**TEST_TIME_DEFAULTS, "epochs": 1}
+    stream = stream_expert_weights(iter(batches), 3, settings)
+    assert stream.shape == (640, 3)
+    blocks = stream.view(10, 64, 3)
+    assert torch.equal(blocks, blocks[:, :1].expand(-1, 64, -1))  # one weight vector per batch
+    a0 = torch.full((3,), 1 / 3, requires_grad=True)
+    w = torch.softmax(a0, 0)
+    p1 = torch.softmax(torch.einsum("nec,e->nc", batches[0][0], w), 1)
+    p2 = torch.softmax(torch.einsum("nec,e->nc", batches[0][1], w), 1)
+    cos = (p1 * p2).sum(1) / (p1.norm(dim=1) * p2.norm(dim=1))
+    (grad,) = torch.autograd.grad(-cos.mean(), a0)
+    lr, m, wd = settings["lr"], settings["momentum"], settings["weight_decay"]
+    d = grad + wd * a0.detach()
+    a1 = a0.detach() - lr * (1 + m) * d  # Nesterov's first step: buffer = d, update d + m * buffer
+    assert blocks[0, 0].tolist() == pytest.approx(torch.softmax(a1, 0).tolist(), abs=1e-6)
+    for k in (3, 9):
+        so_far = learn_expert_weights(lambda epoch: iter(batches[:k + 1]), 3, settings).weights
+        assert torch.allclose(blocks[k, 0], so_far, atol=1e-7)
+    assert blocks[9, 0, 0] > blocks[0, 0, 0] > 1 / 3  # the forward-prior expert gains weight along the stream
+
+
+class StreamLoader:
+    """A stand-in test loader whose test-time order is the reverse of the given indices (view pairs of 2 x 2 images)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, images):
+        from types import SimpleNamespace
+        self.images = images
+        self.dataset = SimpleNamespace(image_shape=tuple(images.shape[1:]))
+        self.augments = SimpleNamespace(build=lambda spec, where, size: (lambda batch, gen: batch))
+
+    def view_order(self, idx, epoch):
+        return idx.flip(0)
+
+    def view_pairs(self, idx, augment, epoch, batch_size):
+        order = self.view_order(idx, epoch)
+        for s in range(0, len(order), batch_size):
+            batch = self.images[order[s:s + batch_size]]
+            yield batch, batch.flip(-1)
+
+
+class PixelExperts(torch.nn.Module):
+    """3 experts x 4 classes read off a (12,)-pixel image, so each image has its own expert logits."""
+
+    num_experts = 3
+
+    def forward(self, x):
+        return {"logits": x.flatten(1).view(-1, 3, 4)}
+
+
+def test_online_aggregation_maps_stream_rows_back_to_the_priors_images():
+    from types import SimpleNamespace
+
+    from methods.sade import sade_online_aggregation, stream_expert_weights
+
+    images = torch.randn(40, 1, 3, 4, generator=torch.Generator().manual_seed(0))
+    loader = StreamLoader(images)
+    run = SimpleNamespace(model=PixelExperts(), label="run", config={
+        "trainer": {}, "evaluation": {"test_time": {"online_batch_size": 4, "lr": 0.5}}})
+    idx = torch.tensor([3, 7, 11, 19, 23, 29, 31, 37])  # a test prior's subset of the 40 images
+    weights = sade_online_aggregation(run, SimpleNamespace(test_loader=loader), {"backward2": idx})["backward2"]
+    assert weights.shape == (8, 3)
+    pairs = [(images[b].flatten(1).view(-1, 3, 4), images[b].flip(-1).flatten(1).view(-1, 3, 4))
+             for b in (idx.flip(0)[:4], idx.flip(0)[4:])]
+    settings = {**TEST_TIME_DEFAULTS, "online_batch_size": 4, "lr": 0.5}
+    first, second = stream_expert_weights(iter(pairs), 3, settings)[[0, 4]]
+    assert not torch.allclose(first, second)
+    # the stream ran over idx reversed: the last four images of the subset came first
+    assert torch.equal(weights[4:], first.expand(4, 3)) and torch.equal(weights[:4], second.expand(4, 3))
+
+
+def test_per_image_weights_in_the_prior_report():
+    from evaluation.report import ensemble_logits, prior_reports
+
+    logits = torch.randn(6, 3, 5, generator=torch.Generator().manual_seed(1))
+    rows = torch.softmax(torch.randn(6, 3, generator=torch.Generator().manual_seed(2)), 1)
+    expected = torch.stack([sum(rows[n, e] * logits[n, e] for e in range(3)) for n in range(6)])
+    assert torch.allclose(ensemble_logits(logits, rows), expected, atol=1e-6)
+    targets = expected.argmax(1)
+    masks = {"many": torch.ones(5, dtype=torch.bool), "medium": torch.zeros(5, dtype=torch.bool),
+             "few": torch.zeros(5, dtype=torch.bool)}
+    idx = torch.tensor([1, 4, 5])
+    (report,) = prior_reports(logits, targets, {"uniform": idx}, masks, weights={"uniform": rows[idx]})
+    assert report["all"] == pytest.approx(100.0) and report["n_images"] == 3
+    assert [report[f"w{e}"] for e in range(3)] == pytest.approx(rows[idx].mean(0).tolist())
