@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
@@ -12,13 +12,45 @@ OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("lr scheduler")
 
 
+class SGD(torch.optim.SGD):
+    """torch's SGD, except that with ``fused`` every momentum buffer exists from the start, as zeros (the same first
+    update as SGD's copy of the first gradient, since dampening is 0).
+
+    torch's fused SGD creates the buffers with ``empty_like`` on its first step and leaves them unwritten when the
+    GradScaler skips that step (inf/NaN gradients, common in fp16's first steps); the next steps then add
+    uninitialised memory to the updates. A parameter whose buffer is missing while others have one (a first gradient
+    after the first step, or a resumed checkpoint without it) is not handled by the fused step either.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._add_zero_momentum_buffers()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load the training state but keep this run's kernel choice (a checkpoint's ``fused``/``foreach`` would
+        replace it, and a GradScaler set up for a fused step would then step unscaled gradients); then give the
+        parameters without a momentum buffer a zero one (fused only)."""
+        kernels = [{k: group.get(k) for k in ("fused", "foreach")} for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, flags in zip(self.param_groups, kernels):
+            group.update(flags)
+        self._add_zero_momentum_buffers()
+
+    def _add_zero_momentum_buffers(self) -> None:
+        """A zero momentum buffer for every parameter that has none (fused with momentum only)."""
+        for group in self.param_groups:
+            if group.get("fused") and group["momentum"] != 0:
+                for param in group["params"]:
+                    self.state[param].setdefault("momentum_buffer", torch.zeros_like(param))
+
+
 @OPTIMIZERS.register("sgd")
 def sgd(params: Iterable[torch.nn.Parameter], lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
-        nesterov: bool = True, foreach: bool | None = None, fused: bool | None = None) -> torch.optim.SGD:
+        nesterov: bool = True, foreach: bool | None = None, fused: bool | None = None) -> SGD:
     """SGD with momentum, Nesterov and weight decay on every parameter (incl. BN and cosine-head weights); ``fused``
     runs one kernel per parameter group (chosen automatically for fp16, see trainer.build.build_optimizer)."""
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov and momentum > 0,
-                           foreach=None if fused else foreach, fused=fused)
+    return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov and momentum > 0,
+               foreach=None if fused else foreach, fused=fused)
 
 
 @OPTIMIZERS.register("adamw")
