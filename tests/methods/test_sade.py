@@ -153,9 +153,10 @@ def test_sade_config_trains_and_test_time_aggregation_reports_weights(fmnist_dir
     assert not all(float(r["w0"]) == pytest.approx(1 / 3, abs=1e-4) for r in rows)  # the weights were learned
     # the streaming variant from the command line; with lr 0 its weights stay 1/3, so it must equal the plain mean
     results = {}
+    one_pass = ["--set", "evaluation.test_time.epochs=1", "--set", "evaluation.test_time.batch_size=64"]
     for name, extra in [("online", []), ("online_lr0", ["--set", "evaluation.test_time.lr=0"]),
-                        ("mean", ["--aggregation", "mean"])]:
-        aggregation = [] if name == "mean" else ["--aggregation", "sade_online"]
+                        ("mean", ["--aggregation", "mean"]), ("one_pass", ["--aggregation", "sade", *one_pass])]:
+        aggregation = [] if name in ("mean", "one_pass") else ["--aggregation", "sade_online"]
         assert priors_main(["uniform", "backward5"], ["-r", str(checkpoint), "-d", "cpu", "--out", str(tmp_path / name),
                                                       *aggregation, *extra]) == 0
         results[name] = list(csv.DictReader((tmp_path / name / "results.csv").open()))
@@ -165,6 +166,11 @@ def test_sade_config_trains_and_test_time_aggregation_reports_weights(fmnist_dir
     for row in results["online"]:
         assert sum(float(row[f"w{e}"]) for e in range(3)) == pytest.approx(1.0, abs=1e-3)
     assert [r["all"] for r in results["online_lr0"]] == [r["all"] for r in results["mean"]]
+    # the original script's final table: every image with the weights after the pass = one epoch of batch 64
+    final = [line.split("final expert weights ")[1].split(" after")[0] for line in printed.splitlines()
+             if "final expert weights" in line][:2]
+    for weights, row in zip(final, results["one_pass"]):
+        assert [float(w) for w in weights.split(", ")] == pytest.approx([float(row[f"w{e}"]) for e in range(3)], abs=1e-3)
 
 
 def test_inat_entropy_bonus_matches_hand_computation():
