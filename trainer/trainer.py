@@ -17,8 +17,8 @@ from evaluation.report import masks_for, validation_metrics
 from trainer.build import (build_combiner, build_criterion, build_model, build_optimizer, build_scheduler,
                            check_loss_inputs, num_experts_of)
 from trainer.distributed import any_rank, barrier, convert_sync_batchnorm, sum_over_ranks, wrap_ddp
-from trainer.optim import hold_lr_as_tensor
 from trainer.hooks import STAGES, BuildContext, build_sections
+from trainer.optim import hold_lr_as_tensor
 from trainer.stages import Stage, StopRequest
 from utils.device import autocast_context, resolve_amp, synchronize
 from utils.logging import ScalarWriter, progress
@@ -85,11 +85,10 @@ class Trainer(Stage):
         # the update joins the compiled step unless it is already one fused kernel (fp16: the scaler steps it)
         self.compiled_update = options is not None and self.scaler is None and not self.optimizer.defaults.get("fused")
         self.scheduler = build_scheduler(config, self.optimizer)  # before the LR becomes a tensor: float base LRs
-        hold_lr_as_tensor(self.optimizer, self.compiled_update)
         step_model = self.model
         for section in self.sections:  # e.g. a frozen teacher next to the student
             step_model = section.step_model(step_model, ctx)
-        self.step_model = self._wrap(step_model)
+        self.step_model = self._wrap(step_model, options)
         # forward and loss are compiled (AOTAutograd compiles their backward too), then the update; full batches only,
         # so that shapes never change and CUDA graphs can be replayed (a partial last batch would recompile)
         self.step_criterion = torch.compile(self.criterion, **options) if options is not None else self.criterion
@@ -101,11 +100,11 @@ class Trainer(Stage):
         self.monitor_best = -math.inf if self.monitor_mode == "max" else math.inf
         if self.resume_state is not None:
             self.restore(self.resume_state, len(self.data.train_loader))
-            hold_lr_as_tensor(self.optimizer, self.compiled_update)  # the checkpoint may come from the other mode
+        hold_lr_as_tensor(self.optimizer, self.compiled_update)  # after restore: a checkpoint may come from the other mode
         self.stop = StopRequest()
         self.writer = ScalarWriter(None, enabled=False)  # fit() opens the run's TensorBoard writer
 
-    def _wrap(self, net: nn.Module) -> nn.Module:
+    def _wrap(self, net: nn.Module, options: dict[str, str] | None) -> nn.Module:
         """DDP in a multi-process run; DataParallel only when ``trainer.parallel`` asks for it; optional torch.compile."""
         n_gpu = int(self.config.get("n_gpu", 1))
         if self.dist.is_distributed:
@@ -116,7 +115,6 @@ class Trainer(Stage):
             else:
                 self.logger.warning(f"n_gpu={n_gpu} but this is a single process: train.py starts one DDP process "
                                     "per GPU itself; from Python, launch with torchrun (training on one GPU now)")
-        options = compile_options(self.cfg_trainer["compile"])
         if options is not None:
             net = torch.compile(net, **options)
         return net
