@@ -1,7 +1,7 @@
 """Evaluate checkpoints on the uniform test set: python test.py -r CKPT [CKPT ...] [--out DIR]."""
 import sys
 
-from tools.evaluate import uniform_main
+from longtail.cli.evaluate import uniform_main
 
 if __name__ == "__main__":
     sys.exit(uniform_main())

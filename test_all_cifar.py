@@ -4,8 +4,8 @@ python test_all_cifar.py -r CKPT [CKPT ...] [--posthoc_bias_correction] [--out D
 """
 import sys
 
-from data_loader.profiles import CIFAR_TEST_PRIORS
-from tools.evaluate import priors_main
+from longtail.data_loader.profiles import CIFAR_TEST_PRIORS
+from longtail.cli.evaluate import priors_main
 
 if __name__ == "__main__":
     sys.exit(priors_main(CIFAR_TEST_PRIORS, description=__doc__))

@@ -6,8 +6,8 @@ python test_all_imagenet.py -r CKPT [CKPT ...] [--posthoc_bias_correction] [--ou
 """
 import sys
 
-from data_loader.profiles import IMAGENET_TEST_PRIORS
-from tools.evaluate import priors_main
+from longtail.data_loader.profiles import IMAGENET_TEST_PRIORS
+from longtail.cli.evaluate import priors_main
 
 if __name__ == "__main__":
     sys.exit(priors_main(IMAGENET_TEST_PRIORS, description=__doc__))

@@ -5,8 +5,8 @@ python test_all_inat.py -r CKPT [CKPT ...] [--posthoc_bias_correction] [--out DI
 """
 import sys
 
-from data_loader.profiles import INAT_TEST_PRIORS
-from tools.evaluate import priors_main
+from longtail.data_loader.profiles import INAT_TEST_PRIORS
+from longtail.cli.evaluate import priors_main
 
 if __name__ == "__main__":
     sys.exit(priors_main(INAT_TEST_PRIORS, description=__doc__))

@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from PIL import Image
 
-from data_loader.datasets import ImageTensorDataset
-from data_loader.factory import DataBundle, build_augment, split_loader_args
-from trainer.build import build_combiner
-from trainer.trainer import Trainer
+from longtail.data_loader.datasets import ImageTensorDataset
+from longtail.data_loader.factory import DataBundle, build_augment, split_loader_args
+from longtail.core.build import build_combiner
+from longtail.trainer.trainer import Trainer
 
 ORIGINAL_CIFAR_WORKERS = 4  # num_workers 4 for CIFAR in the reference configs
 

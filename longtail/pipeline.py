@@ -18,12 +18,12 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from evaluation.runner import EvalOptions, evaluate_priors, evaluate_uniform
-from trainer.build import resolve
-from trainer.run import RunResult, config_for_run, train
-from utils.config import apply_overrides, load_config, load_json
-from utils.errors import ConfigError
-from utils.tables import write_csv
+from longtail.evaluation.runner import EvalOptions, evaluate_priors, evaluate_uniform
+from longtail.core.build import resolve
+from longtail.trainer.run import RunResult, config_for_run, train
+from longtail.utils.config import apply_overrides, load_config, load_json
+from longtail.utils.errors import ConfigError
+from longtail.utils.tables import write_csv
 
 STAGE_KEYS = {"config", "set", "inputs", "description"}
 EVALUATE_KEYS = {"stage", "label", "posthoc", "aggregations", "set", "uniform", "priors"}

@@ -128,8 +128,8 @@ def tiny_config(data_dir: Path, save_dir: Path, dataset: str = "cifar10_lt", epo
 
 def train_with_interrupt(argv: list[str], at: tuple[int, int]) -> int:
     """Run train_main with a Ctrl-C raised after batch ``at = (epoch, step)``; returns the exit code (130)."""
-    import trainer.trainer as trainer_module
-    from tools.train import main as train_main
+    import longtail.trainer.trainer as trainer_module
+    from longtail.cli.train import main as train_main
 
     original = trainer_module.Trainer.__init__
 

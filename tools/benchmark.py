@@ -22,19 +22,19 @@ from typing import Any, Sequence
 
 import torch
 
-from data_loader.datasets import dataset_info, synthetic_dataset
-from data_loader.factory import DataBundle, build_augment, build_data, loader_kind, split_loader_args
-from data_loader.loader import BatchLoader
-from evaluation.logits import collect_logits
-from tools.common import add_set_argument, run_tool, set_overrides
-from trainer.build import resolve, stage_class
-from trainer.combiner import compute_loss
-from trainer.trainer import Trainer
-from utils.checkpoint import save_checkpoint
-from utils.config import apply_overrides, load_config
-from utils.errors import ConfigError
-from utils.device import autocast_context, resolve_device, synchronize
-from utils.errors import DataNotFoundError
+from longtail.data_loader.datasets import dataset_info, synthetic_dataset
+from longtail.data_loader.factory import DataBundle, build_augment, build_data, loader_kind, split_loader_args
+from longtail.data_loader.loader import BatchLoader
+from longtail.core.logits import collect_logits
+from longtail.cli.common import add_set_argument, run_tool, set_overrides
+from longtail.core.build import resolve, stage_class
+from longtail.core.combiner import compute_loss
+from longtail.trainer.trainer import Trainer
+from longtail.utils.checkpoint import save_checkpoint
+from longtail.utils.config import apply_overrides, load_config
+from longtail.utils.errors import ConfigError
+from longtail.utils.device import autocast_context, resolve_device, synchronize
+from longtail.utils.errors import DataNotFoundError
 
 
 SYNTHETIC_MAX_BYTES = 2**31  # synthetic images kept in memory (caps ImageNet-sized profiles, not CIFAR/FMNIST)
@@ -239,9 +239,10 @@ def benchmark_prior_evaluation(config: dict[str, Any], device: torch.device,
                                corrections: Sequence[str] = ("none", "oracle", "estimate")) -> dict[str, float]:
     """Evaluate every test prior of the configured data set on random float32 logits (N, E, C) of its full test
     set, as test_all_*.py does after the one forward pass; prints seconds and peak memory."""
-    from data_loader.profiles import CIFAR_TEST_PRIORS, DATASET_PRIORS
-    from evaluation.report import masks_for, prior_reports
-    from evaluation.hooks import PosthocContext
+    from longtail.data_loader.profiles import CIFAR_TEST_PRIORS, DATASET_PRIORS
+    from longtail.core.logits import masks_for
+    from longtail.evaluation.report import prior_reports
+    from longtail.evaluation.hooks import PosthocContext
 
     name = config["data_loader"]["type"]
     dataset_args, _ = split_loader_args(config["data_loader"])

@@ -25,10 +25,10 @@ from typing import Any, Sequence
 import torch
 
 from tools.benchmark import benchmark_prior_evaluation, run_benchmark
-from tools.common import run_tool
-from trainer.build import resolve
-from utils.config import apply_overrides, load_config
-from utils.errors import ConfigError
+from longtail.cli.common import run_tool
+from longtail.core.build import resolve
+from longtail.utils.config import apply_overrides, load_config
+from longtail.utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = "configs/cifar100_ir100/balpoe_standard.json"
@@ -78,7 +78,7 @@ def decode_rates(device: torch.device, images: int = 1024, workers: int = 8) -> 
     import numpy as np
     from PIL import Image
 
-    from data_loader.factory import build_data
+    from longtail.data_loader.factory import build_data
 
     rates = {}
     with tempfile.TemporaryDirectory() as root:

@@ -5,7 +5,7 @@ python -m tools.leaderboard [--paper docs/leaderboard/paper_numbers.json] [--tim
                             [--results docs/results/pipelines]
 
 * paper numbers: a JSON file keyed by config path (``top1``, ``source``: the table it comes from);
-* this code's numbers: ``<results>/<pipeline name>.csv``, the ``results.csv`` that ``tools/pipeline.py --evaluate``
+* this code's numbers: ``<results>/<pipeline name>.csv``, the ``results.csv`` that ``longtail/cli/pipeline.py --evaluate``
   wrote for each pipeline of ``configs/pipelines/`` (uniform test report, mean ± std over seeds);
 * expected time: ``python -m tools.benchmark ... --record FILE`` records (the measured training and evaluation rates
   times the config's whole schedule), one column per device kind (CPU, GPU).
@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from longtail.pipeline import load_pipeline, stage_key
-from tools.common import run_tool
-from trainer.build import resolve
-from utils.config import apply_overrides, load_config, load_json
-from utils.errors import DataError
-from utils.tables import cell, read_csv
+from longtail.cli.common import run_tool
+from longtail.core.build import resolve
+from longtail.utils.config import apply_overrides, load_config, load_json
+from longtail.utils.errors import DataError
+from longtail.utils.tables import cell, read_csv
 
 NOT_MEASURED = "not measured"
 

@@ -21,17 +21,19 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from tools.common import run_tool
-from utils.errors import ConfigError, DataError
+from longtail.cli.common import run_tool
+from longtail.utils.errors import ConfigError, DataError
 
 BLOCK = re.compile(r"(<!-- generated: (?P<command>.+?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
 
 
 def tool_output(command: str) -> str:
-    """Run ``python -m tools.<name> ARGS`` in this process and return what it printed."""
+    """Run ``python -m tools.<name> ARGS`` or ``python -m longtail.cli.<name> ARGS`` in this process and return
+    what it printed."""
     words = shlex.split(command)
-    if words[:2] != ["python", "-m"] or len(words) < 3 or not re.fullmatch(r"tools\.\w+", words[2]):
-        raise ConfigError(f"generated block command must be 'python -m tools.<name> ...', got {command!r}")
+    if words[:2] != ["python", "-m"] or len(words) < 3 or not re.fullmatch(r"(tools|longtail\.cli)\.\w+", words[2]):
+        raise ConfigError("generated block command must be 'python -m tools.<name> ...' or 'python -m "
+                          f"longtail.cli.<name> ...', got {command!r}")
     module = importlib.import_module(words[2])
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):

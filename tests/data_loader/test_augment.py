@@ -3,7 +3,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data_loader.augment import (CIFAR10_POLICY, _op_magnitude, apply_op, auto_augment, cutout, normalize, random_crop,
+from longtail.data_loader.augment import (CIFAR10_POLICY, _op_magnitude, apply_op, auto_augment, cutout, normalize, random_crop,
                                  random_flip, random_rotation)
 
 
@@ -90,7 +90,7 @@ def test_normalize_matches_reference_formula():
 
 def test_device_kernels_equal_torchvision_for_every_geometric_op_and_sharpness():
     """The cached-constant kernels that replace torchvision's per-call tensors give torchvision's pixels."""
-    from data_loader.augment import _affine_nearest, _inverse_affine, _sharpness
+    from longtail.data_loader.augment import _affine_nearest, _inverse_affine, _sharpness
 
     images = batch(6, h=14, w=10, seed=9)
     fill = torch.tensor([128.0, 7.0, 250.0])

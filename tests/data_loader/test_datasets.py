@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from conftest import idx_bytes, write_fmnist
-from data_loader.datasets import DATASETS, parse_idx_bytes, read_cifar
-from utils.errors import DataNotFoundError
-from data_loader.profiles import lt_class_counts, shifted_prior_counts
+from longtail.data_loader.datasets import parse_idx_bytes, read_cifar
+from longtail.registry import DATASETS
+from longtail.utils.errors import DataNotFoundError
+from longtail.data_loader.profiles import lt_class_counts, shifted_prior_counts
 
 
 def test_cifar10_pickles_load_and_subsample_to_profile(cifar10_dir):
@@ -63,7 +64,7 @@ def test_fmnist_idx_gz_and_raw(tmp_path):
 
 
 def test_fmnist_missing_error_mentions_debian_package(tmp_path, monkeypatch):
-    monkeypatch.setattr("data_loader.datasets.FMNIST_SYSTEM_DIRS", ())
+    monkeypatch.setattr("longtail.data_loader.datasets.FMNIST_SYSTEM_DIRS", ())
     with pytest.raises(DataNotFoundError, match="dataset-fashion-mnist"):
         DATASETS.get("fmnist_lt")("train", str(tmp_path), download=False)
 

@@ -10,10 +10,10 @@ from PIL import Image
 from torchvision.io import decode_jpeg
 
 from conftest import image_list_config
-from data_loader.device_decode import device_plan, read_encoded
-from data_loader.factory import build_data
-from data_loader.image_loader import EncodedReader, SampleReader
-from utils.errors import ConfigError
+from longtail.data_loader.device_decode import device_plan, read_encoded
+from longtail.data_loader.factory import build_data
+from longtail.data_loader.image_loader import EncodedReader, SampleReader
+from longtail.utils.errors import ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official")
 

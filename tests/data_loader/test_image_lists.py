@@ -7,13 +7,14 @@ import torch
 from PIL import Image
 
 from conftest import LIST_TRAIN_COUNTS, write_image_lists
-from data_loader.datasets import DATASETS
-from utils.errors import DataNotFoundError
-from data_loader.image_lists import read_image_list
-from data_loader.image_loader import ImageListLoader
-from data_loader.image_transforms import IMAGE_AUGMENTS, RandAugment, rand_augment_op
-from data_loader.profiles import shifted_class_counts
-from tools.make_test_priors import main as make_test_priors_main
+from longtail.registry import DATASETS
+from longtail.utils.errors import DataNotFoundError
+from longtail.data_loader.image_lists import read_image_list
+from longtail.data_loader.image_loader import ImageListLoader
+from longtail.data_loader.image_transforms import RandAugment, rand_augment_op
+from longtail.registry import IMAGE_AUGMENTS
+from longtail.data_loader.profiles import shifted_class_counts
+from longtail.cli.make_test_priors import main as make_test_priors_main
 
 
 def build(root, split="train", dataset="imagenet_lt", **args):

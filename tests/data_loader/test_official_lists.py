@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_loader.image_lists import read_image_list
-from data_loader.official_lists import DATA_TXT, official_digests, read_class_counts
-from data_loader.profiles import DATASET_PRIORS, shifted_prior_counts
-from tools.make_test_priors import main as make_test_priors_main
-from utils.metrics import shot_masks
+from longtail.data_loader.image_lists import read_image_list
+from longtail.data_loader.official_lists import DATA_TXT, official_digests, read_class_counts
+from longtail.data_loader.profiles import DATASET_PRIORS, shifted_prior_counts
+from longtail.cli.make_test_priors import main as make_test_priors_main
+from longtail.utils.metrics import shot_masks
 
 IMAGENET, PLACES, INAT = DATA_TXT / "ImageNet_LT", DATA_TXT / "Places_LT_v2", DATA_TXT / "iNaturalist18"
 SHIFTED = [p for p in DATASET_PRIORS["imagenet_lt"] if p != "uniform"]
@@ -86,7 +86,7 @@ def test_inaturalist_official_lists_against_the_closed_form():
 
 def test_evaluation_reads_the_shipped_lists(tmp_path):
     """A test split whose txt_dir holds the official list uses it (indices looked up by path), not a generated one."""
-    from data_loader.datasets import DATASETS
+    from longtail.registry import DATASETS
 
     txt = tmp_path / "txt"
     txt.mkdir()

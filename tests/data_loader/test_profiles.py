@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from data_loader.profiles import (CIFAR_TEST_PRIORS, lt_class_counts, parse_test_prior,
+from longtail.data_loader.profiles import (CIFAR_TEST_PRIORS, lt_class_counts, parse_test_prior,
                                   select_per_class, shifted_prior_counts)
-from utils.metrics import shot_masks
+from longtail.utils.metrics import shot_masks
 
 
 def closed_form(n_max, num_classes, factor, reverse=False):

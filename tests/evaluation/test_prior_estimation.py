@@ -4,11 +4,12 @@ import math
 import pytest
 import torch
 
-from evaluation.report import prior_reports
-from evaluation.hooks import POSTHOC, PosthocContext
-from evaluation.prior_estimation import em_prior, source_prior, total_variation, weighted_column_sums
-from utils.metrics import shot_masks
-from utils.errors import ConfigError
+from longtail.evaluation.report import prior_reports
+from longtail.evaluation.hooks import PosthocContext
+from longtail.registry import POSTHOC
+from longtail.evaluation.prior_estimation import em_prior, source_prior, total_variation, weighted_column_sums
+from longtail.utils.metrics import shot_masks
+from longtail.utils.errors import ConfigError
 
 
 def gaussian_log_likelihoods(test_prior, num=4000, seed=0):

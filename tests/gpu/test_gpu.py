@@ -15,11 +15,11 @@ import torch
 
 from conftest import image_list_config, tiny_config, train_with_interrupt, write_config
 from tools.benchmark import synthetic_bundle
-from tools.train import main as train_main
-from trainer.build import resolve
-from trainer.trainer import Trainer
-from utils.checkpoint import load_checkpoint
-from utils.config import apply_overrides, load_config
+from longtail.cli.train import main as train_main
+from longtail.core.build import resolve
+from longtail.trainer.trainer import Trainer
+from longtail.utils.checkpoint import load_checkpoint
+from longtail.utils.config import apply_overrides, load_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore:.*differs from the official")]
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_loader.datasets import DATASETS
-from data_loader.profiles import lt_class_counts
-from data_loader.subsets import group_indices, holdout_count, holdout_split, relabel_map, subset_info
-from methods.cbe import ExpertCalibration
-from tools.train import build_parser, overrides_from_args
-from tools.train import main as train_main
-from trainer.run import config_for_run, train
-from utils.config import load_config
-from tools.evaluate import priors_main, uniform_main
-from utils.checkpoint import load_checkpoint
+from longtail.registry import DATASETS
+from longtail.data_loader.profiles import lt_class_counts
+from longtail.data_loader.subsets import group_indices, holdout_count, holdout_split, relabel_map, subset_info
+from longtail.methods.cbe import ExpertCalibration
+from longtail.cli.train import build_parser, overrides_from_args
+from longtail.cli.train import main as train_main
+from longtail.trainer.run import config_for_run, train
+from longtail.utils.config import load_config
+from longtail.cli.evaluate import priors_main, uniform_main
+from longtail.utils.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official release")

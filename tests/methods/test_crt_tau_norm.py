@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_loader.loader import BatchLoader
-from methods.tau_norm import tau_normalize
-from tools.evaluate import uniform_main
-from tools.tau_norm import main as tau_norm_main
-from tools.train import main as train_main
-from trainer.build import build_model, resolve
-from trainer.trainer import Trainer
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from longtail.data_loader.loader import BatchLoader
+from longtail.methods.tau_norm import tau_normalize
+from longtail.cli.evaluate import uniform_main
+from longtail.cli.tau_norm import main as tau_norm_main
+from longtail.cli.train import main as train_main
+from longtail.core.build import build_model, resolve
+from longtail.trainer.trainer import Trainer
+from longtail.utils.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official release")

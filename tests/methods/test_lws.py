@@ -4,14 +4,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from methods.lws import ClassScales
-from model.registry import MODELS
-from tools.evaluate import uniform_main
-from tools.train import main as train_main
-from trainer.build import build_model, resolve
-from utils.checkpoint import load_checkpoint
-from utils.config import load_config
-from utils.errors import ConfigError
+from longtail.methods.lws import ClassScales
+from longtail.registry import MODELS
+from longtail.cli.evaluate import uniform_main
+from longtail.cli.train import main as train_main
+from longtail.core.build import build_model, resolve
+from longtail.utils.checkpoint import load_checkpoint
+from longtail.utils.config import load_config
+from longtail.utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official release")

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from conftest import tiny_config, write_config
-from tools.train import main as train_main
-from evaluation.runner import evaluate_uniform
-from tools.evaluate import build_parser, options_from_args, uniform_main
-from tools.flops import main as flops_main
-from utils.checkpoint import load_checkpoint
+from longtail.cli.train import main as train_main
+from longtail.evaluation.runner import evaluate_uniform
+from longtail.cli.evaluate import build_parser, options_from_args, uniform_main
+from longtail.cli.flops import main as flops_main
+from longtail.utils.checkpoint import load_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RIDE_LOSS = {"type": "ride", "args": {"diversity_factor": -0.45, "reweight_epoch": 0}}

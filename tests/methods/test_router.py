@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evaluation.cost import ExpertCost, expert_cost
-from methods.ride import RouterCost, TeacherStudent, attach_router, experts_used_percentages
-from model.registry import MODELS
-from tools.flops import main as flops_main
-from utils.flops import count_macs
-from utils.errors import ConfigError
+from longtail.core.cost import ExpertCost, expert_cost
+from longtail.methods.ride import RouterCost, TeacherStudent, attach_router, experts_used_percentages
+from longtail.registry import MODELS
+from longtail.cli.flops import main as flops_main
+from longtail.utils.flops import count_macs
+from longtail.utils.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ROUTER = {"type": "ride", "args": {"top_k": 5, "hidden_dim": 16}}

@@ -8,16 +8,16 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from data_loader.augment import AUGMENTS
-from data_loader.image_transforms import IMAGE_AUGMENTS
-from data_loader.profiles import lt_class_counts
-from data_loader.views import adjust_hue, gaussian_blur, hsv_to_rgb, random_resized_crop, rgb_to_hsv
-from model.losses.sade import inverse_prior
-from model.registry import LOSSES
-from tools.train import main as train_main
-from tools.evaluate import priors_main
-from methods.sade import TEST_TIME_DEFAULTS, learn_expert_weights, stability_loss
-from utils.errors import ConfigError
+from longtail.registry import AUGMENTS
+from longtail.registry import IMAGE_AUGMENTS
+from longtail.data_loader.profiles import lt_class_counts
+from longtail.data_loader.views import adjust_hue, gaussian_blur, hsv_to_rgb, random_resized_crop, rgb_to_hsv
+from longtail.model.losses.sade import inverse_prior
+from longtail.registry import LOSSES
+from longtail.cli.train import main as train_main
+from longtail.cli.evaluate import priors_main
+from longtail.methods.sade import TEST_TIME_DEFAULTS, learn_expert_weights, stability_loss
+from longtail.utils.errors import ConfigError
 
 COUNTS = [60, 30, 10]
 LOGITS = torch.tensor([[[1.0, 2.0, 0.5], [0.2, -1.0, 0.3], [2.0, 0.0, -0.5]],
@@ -205,7 +205,7 @@ def batch_list(views, batch_size):
 def test_streaming_weights_are_those_after_each_batch_step():
     """Each image is predicted with the weights right after its own batch's SGD step; the first step is written out
     by hand (Nesterov SGD with weight decay from a = 1/3), the later ones equal a one-epoch run on the batches so far."""
-    from methods.sade import stream_expert_weights
+    from longtail.methods.sade import stream_expert_weights
 
     train_prior = synthetic_views(torch.ones(10) / 10)[1]
     views, _ = synthetic_views(train_prior, num=640)
@@ -264,7 +264,7 @@ class PixelExperts(torch.nn.Module):
 def test_online_aggregation_maps_stream_rows_back_to_the_priors_images():
     from types import SimpleNamespace
 
-    from methods.sade import sade_online_aggregation, stream_expert_weights
+    from longtail.methods.sade import sade_online_aggregation, stream_expert_weights
 
     images = torch.randn(40, 1, 3, 4, generator=torch.Generator().manual_seed(0))
     loader = StreamLoader(images)
@@ -283,7 +283,7 @@ def test_online_aggregation_maps_stream_rows_back_to_the_priors_images():
 
 
 def test_per_image_weights_in_the_prior_report():
-    from evaluation.report import ensemble_logits, prior_reports
+    from longtail.evaluation.report import ensemble_logits, prior_reports
 
     logits = torch.randn(6, 3, 5, generator=torch.Generator().manual_seed(1))
     rows = torch.softmax(torch.randn(6, 3, generator=torch.Generator().manual_seed(2)), 1)

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.registry import LOSSES
-from trainer.build import build_without_data, resolve
-from utils.config import load_config
+from longtail.registry import LOSSES
+from longtail.core.build import build_without_data, resolve
+from longtail.utils.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNTS = [30, 10]  # training prior pi = (0.75, 0.25)

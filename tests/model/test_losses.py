@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from model.registry import LOSSES
-from trainer.combiner import MixCombiner
+from longtail.registry import LOSSES
+from longtail.core.combiner import MixCombiner
 import numpy as np
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.losses.base import effective_number_weights, ldam_margins
-from model.losses.ride import router_targets
-from model.registry import LOSSES
+from longtail.model.losses.base import effective_number_weights, ldam_margins
+from longtail.model.losses.ride import router_targets
+from longtail.registry import LOSSES
 
 COUNTS = [60, 30, 10]
 LOGITS = torch.tensor([[[1.0, 2.0, 0.5], [0.2, -1.0, 0.3], [2.0, 0.0, -0.5]],

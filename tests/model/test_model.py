@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.layers import ExpertHead
-from model.registry import MODELS
-from model.resnet_cifar import option_a_shortcut
-from utils.flops import count_macs, count_parameters
+from longtail.model.layers import ExpertHead
+from longtail.registry import MODELS
+from longtail.model.resnet_cifar import option_a_shortcut
+from longtail.utils.flops import count_macs, count_parameters
 
 
 @pytest.mark.parametrize("classes,experts,reduce,params", [

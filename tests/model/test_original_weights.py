@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.original_weights import convert_original_state_dict, load_original_weights, original_config
-from model.registry import WEIGHT_FORMATS
-from trainer.build import build_model
-from utils.errors import CheckpointError
-from utils.foreign import ForeignObject, read_foreign_checkpoint
+from longtail.methods.original_repos import convert_original_state_dict, load_original_weights, original_config
+from longtail.registry import WEIGHT_FORMATS
+from longtail.core.build import build_model
+from longtail.utils.errors import CheckpointError
+from longtail.utils.foreign import ForeignObject, read_foreign_checkpoint
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "original"
 ATOL = 1e-5
@@ -318,7 +318,7 @@ def test_family_mismatch_and_missing_router(checkpoint_files):
 
 def test_init_from_section_reads_original_checkpoints(checkpoint_files):
     """``init_from: {"format": "original"}`` (e.g. RIDE's stage 2 from an original stage-1 run) loads strictly."""
-    from trainer.sections import InitFrom
+    from longtail.trainer.sections import InitFrom
     name = "balpoe_resnet10_e3"
     model = build(name)
     spec = {"checkpoint": str(checkpoint_files[name]), "format": "original", "strict": True}
@@ -337,8 +337,8 @@ def test_test_all_evaluates_an_original_checkpoint_with_a_config(checkpoint_file
     import json
 
     from conftest import tiny_config
-    from data_loader.factory import build_data
-    from tools.evaluate import priors_main
+    from longtail.data_loader.factory import build_data
+    from longtail.cli.evaluate import priors_main
 
     arch, _ = CASES["balpoe_resnet32_e3"]
     config = tiny_config(cifar100_dir, tmp_path / "saved", dataset="cifar100_lt", arch=arch)

@@ -4,15 +4,15 @@ import torch
 import torchvision
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from model.registry import MODELS
-from trainer.sections import InitFrom
+from longtail.registry import MODELS
+from longtail.trainer.sections import InitFrom
 
 
 def init_from_checkpoint(model, spec):
     """Load (and freeze) like a run with an init_from section does."""
     InitFrom(InitFrom.validate(spec, "init_from"), "init_from").load(model)
-from utils.checkpoint import CheckpointError
-from utils.flops import count_macs, count_parameters
+from longtail.utils.checkpoint import CheckpointError
+from longtail.utils.flops import count_macs, count_parameters
 
 TORCHVISION = {
     "resnet10": lambda: ResNet(BasicBlock, [1, 1, 1, 1]),

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.registry import LOSSES
-from trainer.combiner import COMBINERS, MixCombiner
-from utils.config import expand_tau_list
+from longtail.registry import LOSSES
+from longtail.core.combiner import MixCombiner
+from longtail.registry import COMBINERS
+from longtail.model.losses.logit_adjusted import expand_tau_list
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "balpoe.json").read_text())
 

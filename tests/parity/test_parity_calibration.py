@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import calibration_errors
+from longtail.utils.metrics import calibration_errors
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "calibration.json").read_text())
 

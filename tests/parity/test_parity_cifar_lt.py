@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_loader.datasets import DATASETS
-from data_loader.profiles import lt_class_counts, select_per_class
+from longtail.registry import DATASETS
+from longtail.data_loader.profiles import lt_class_counts, select_per_class
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "cifar_lt.json").read_text())
 FACTORS = (0.01, 0.02, 0.1)

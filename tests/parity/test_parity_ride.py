@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.registry import LOSSES
+from longtail.registry import LOSSES
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "ride.json").read_text())
 RIDE = FIXTURE["frank-xwang/RIDE-LongTailRecognition model/loss.py"]

@@ -25,10 +25,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.sade import TEST_TIME_DEFAULTS, learn_expert_weights, stability_loss
-from model.losses.base import training_prior
-from model.losses.sade import inverse_prior
-from model.registry import LOSSES
+from longtail.methods.sade import TEST_TIME_DEFAULTS, learn_expert_weights, stability_loss
+from longtail.model.losses.base import training_prior
+from longtail.model.losses.sade import inverse_prior
+from longtail.registry import LOSSES
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "sade.json").read_text())
 

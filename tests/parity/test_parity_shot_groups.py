@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import accuracy_report, group_classes, per_class_accuracy, shot_masks
+from longtail.utils.metrics import accuracy_report, group_classes, per_class_accuracy, shot_masks
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "shot_groups.json").read_text())
 VALIDATION = "test_all_cifar.validation (rounded %)"

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_loader.datasets import DATASETS
-from data_loader.profiles import CIFAR_TEST_PRIORS, lt_class_counts, shifted_subset_indices
+from longtail.registry import DATASETS
+from longtail.data_loader.profiles import CIFAR_TEST_PRIORS, lt_class_counts, shifted_subset_indices
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "test_priors.json").read_text())
 SHIFTED = [p for p in CIFAR_TEST_PRIORS if p != "uniform"]

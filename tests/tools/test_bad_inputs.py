@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import tiny_config, write_config, write_fmnist
-from tools.evaluate import priors_main, uniform_main
-from tools.train import main as train_main
-from utils.checkpoint import load_checkpoint
+from longtail.cli.evaluate import priors_main, uniform_main
+from longtail.cli.train import main as train_main
+from longtail.utils.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -86,7 +86,7 @@ def test_save_dir_that_is_a_file(tiny, tmp_path, capsys):
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny, capsys, monkeypatch):
     """The second epoch's checkpoint write fails like a full disk; last.pth of epoch 1 stays loadable."""
-    import utils.checkpoint as checkpoint_module
+    import longtail.utils.checkpoint as checkpoint_module
 
     config, save_dir = tiny
     real_save, writes = torch.save, []
@@ -222,7 +222,7 @@ def test_folder_of_seed_runs_evaluates_every_seed(tiny, capsys):
 
 
 def test_checksum_warning_once_per_file_on_one_line(cifar10_dir, tmp_path, recwarn):
-    from data_loader.datasets import DATASETS
+    from longtail.registry import DATASETS
 
     data = tmp_path / "cifar"
     shutil.copytree(cifar10_dir, data)  # files no earlier test has warned about

@@ -8,14 +8,14 @@ import torch
 from torchvision import transforms
 
 from conftest import ROOT
-from data_loader.augment import normalize
-from data_loader.datasets import synthetic_dataset
+from longtail.data_loader.augment import normalize
+from longtail.data_loader.datasets import synthetic_dataset
 from tools.benchmark import bare_step_rate, synthetic_bundle
 from tools.benchmark import main as benchmark_main
 from benchmarks.original_style import PilImageDataset, original_style_config, pil_transform
-from trainer.trainer import Trainer
-from trainer.build import resolve
-from utils.config import load_config
+from longtail.trainer.trainer import Trainer
+from longtail.core.build import resolve
+from longtail.utils.config import load_config
 
 
 @pytest.mark.parametrize("name", ["cifar10_lt", "fmnist_lt"])

@@ -7,7 +7,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-TOOLS = sorted(p.stem for p in (ROOT / "tools").glob("*.py") if p.stem not in ("__init__", "common"))
+# the installed command lines (longtail.cli) and the repository's maintenance tools (tools/, not installed)
+TOOLS = sorted([f"longtail.cli.{p.stem}" for p in (ROOT / "longtail" / "cli").glob("*.py")
+                if p.stem not in ("__init__", "common")] +
+               [f"tools.{p.stem}" for p in (ROOT / "tools").glob("*.py") if p.stem != "__init__"])
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
@@ -18,7 +21,7 @@ def test_console_entry_points_resolve(name):
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_every_tool_has_help(tool, capsys):
-    module = importlib.import_module(f"tools.{tool}")
+    module = importlib.import_module(tool)
     with pytest.raises(SystemExit) as info:
         module.main(["--help"])
     assert info.value.code == 0 and "usage:" in capsys.readouterr().out

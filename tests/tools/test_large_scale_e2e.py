@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from conftest import ROOT, image_list_config, train_with_interrupt, write_config, write_image_lists
-from data_loader.profiles import IMAGENET_TEST_PRIORS
-from tools.make_test_priors import main as make_test_priors_main
-from tools.train import main as train_main
-from evaluation.runner import TestData as EvalData
-from evaluation.runner import prepare
-from tools.evaluate import priors_main, uniform_main
-from methods.sade import aggregation_settings, model_view_batches
-from utils.checkpoint import load_checkpoint
+from longtail.data_loader.profiles import IMAGENET_TEST_PRIORS
+from longtail.cli.make_test_priors import main as make_test_priors_main
+from longtail.cli.train import main as train_main
+from longtail.evaluation.runner import TestData as EvalData
+from longtail.evaluation.runner import prepare
+from longtail.cli.evaluate import priors_main, uniform_main
+from longtail.methods.sade import aggregation_settings, model_view_batches
+from longtail.utils.checkpoint import load_checkpoint
 
 
 def run_script(name, argv, monkeypatch):

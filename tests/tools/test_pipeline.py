@@ -7,11 +7,11 @@ import torch
 
 from conftest import tiny_config
 from longtail.pipeline import Stage, load_pipeline, parse_seeds
-from tools.pipeline import main as pipeline_main
-from trainer.build import build_without_data, resolve
-from utils.checkpoint import load_checkpoint
-from utils.config import apply_overrides, load_config
-from utils.errors import ConfigError
+from longtail.cli.pipeline import main as pipeline_main
+from longtail.core.build import build_without_data, resolve
+from longtail.utils.checkpoint import load_checkpoint
+from longtail.utils.config import apply_overrides, load_config
+from longtail.utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = sorted((ROOT / "configs" / "pipelines").glob("*.json"))

@@ -1,8 +1,8 @@
-"""tools/tables.py: paper tables from tidy results files, with selections and known mean ± std numbers."""
+"""longtail/cli/tables.py: paper tables from tidy results files, with selections and known mean ± std numbers."""
 import pandas as pd
 import pytest
 
-from tools.tables import main as tables_main
+from longtail.cli.tables import main as tables_main
 
 
 def write(path, rows):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import tiny_config, write_config
-from tools.train import main as train_main
-from utils.checkpoint import load_checkpoint
+from longtail.cli.train import main as train_main
+from longtail.utils.checkpoint import load_checkpoint
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # fp16: scaler skips inf steps
@@ -51,7 +51,7 @@ def two_models():
 def test_fused_sgd_survives_a_skipped_first_step():
     """torch's fused SGD leaves its momentum buffers uninitialised when the scaler skips the first step; ours starts
     them at zero, so fused and plain SGD take the same steps (plain SGD has no such problem)."""
-    from trainer.optim import OPTIMIZERS
+    from longtail.registry import OPTIMIZERS
 
     args = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True}
     model, twin = two_models()
@@ -66,7 +66,7 @@ def test_fused_sgd_survives_a_skipped_first_step():
 
 def test_fused_sgd_resumes_a_state_without_some_buffers():
     """A checkpoint of plain SGD where one parameter never had a gradient loads into fused SGD with a zero buffer."""
-    from trainer.optim import OPTIMIZERS
+    from longtail.registry import OPTIMIZERS
 
     args = {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False}
     model, twin = two_models()

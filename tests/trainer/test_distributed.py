@@ -7,9 +7,9 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import image_list_config, write_config
-from tools.train import main as train_main
-from trainer.distributed import context_from_env
-from utils.checkpoint import load_checkpoint
+from longtail.cli.train import main as train_main
+from longtail.trainer.distributed import context_from_env
+from longtail.utils.checkpoint import load_checkpoint
 
 
 def _free_port() -> int:
@@ -80,7 +80,7 @@ def test_train_py_starts_ddp_processes_itself(imagenet_lt_dir, tmp_path):
 
 
 def test_processes_to_start():
-    from trainer.distributed import processes_to_start
+    from longtail.trainer.distributed import processes_to_start
 
     config = {"n_gpu": 4, "trainer": {"parallel": "ddp"}}
     cpu = torch.device("cpu")

@@ -10,18 +10,18 @@ import pytest
 import torch
 
 from conftest import tiny_config, write_config
-from tools.train import main as train_main
-from trainer.build import resolve
-from trainer.run import train
-from utils.checkpoint import load_checkpoint
-from utils.errors import ConfigError
-from utils.registry import value_matches
+from longtail.cli.train import main as train_main
+from longtail.core.build import resolve
+from longtail.trainer.run import train
+from longtail.utils.checkpoint import load_checkpoint
+from longtail.utils.errors import ConfigError
+from longtail.utils.registry import value_matches
 
 PLUGIN = '''
 """A user's loss living outside the repository: halves the cross-entropy of every expert."""
 import torch.nn.functional as F
-from model.losses.base import ExpertLoss, LossOutput
-from model.registry import LOSSES
+from longtail.model.losses.base import ExpertLoss, LossOutput
+from longtail.registry import LOSSES
 
 
 class HalfCE(ExpertLoss):

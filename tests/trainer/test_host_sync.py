@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 
 from tools.benchmark import synthetic_bundle
-from trainer.build import resolve
-from trainer.trainer import Trainer
-from utils.config import apply_overrides, load_config
+from longtail.core.build import resolve
+from longtail.trainer.trainer import Trainer
+from longtail.utils.config import apply_overrides, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 # Tensor methods that wait for the device (read a value, copy to the host, or size a result by its data)
@@ -115,7 +115,7 @@ def test_fp16_selects_a_fused_optimizer_so_the_scaler_does_not_read_its_inf_chec
 
 def test_sync_batchnorm_forward_makes_no_host_tensor(monkeypatch):
     """SyncBN training forward under a (faked) 2-process group: statistics are reduced without host-made tensors."""
-    from model.layers import ExpertBatchNorm2d
+    from longtail.model.layers import ExpertBatchNorm2d
 
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)

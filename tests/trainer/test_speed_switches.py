@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from trainer.trainer import Trainer
-from trainer.build import resolve
+from longtail.trainer.trainer import Trainer
+from longtail.core.build import resolve
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official release")
 
@@ -70,7 +70,7 @@ def test_bf16_autocast_is_close_to_fp32(cifar10_dir, tmp_path):
 
 def test_compile_settings_and_full_batches(cifar10_dir, tmp_path):
     """trainer.compile: modes go to inductor, other strings are backends; compiling trains on full batches only."""
-    from trainer.trainer import compile_options
+    from longtail.trainer.trainer import compile_options
 
     assert compile_options(False) is None
     assert compile_options(True) == {"backend": "inductor", "mode": "default"}
@@ -86,7 +86,7 @@ def test_compile_settings_and_full_batches(cifar10_dir, tmp_path):
 
 
 def test_amp_auto_is_bf16_on_gpus_and_fp32_on_cpus(cifar10_dir, tmp_path):
-    from utils.device import resolve_amp
+    from longtail.utils.device import resolve_amp
 
     assert resolve_amp("auto", torch.device("cpu")) == "off" and resolve_amp("fp16", torch.device("cpu")) == "fp16"
     trainer = Trainer(resolve(tiny_config(cifar10_dir, tmp_path, epochs=1, **{"trainer.amp": "auto"})),

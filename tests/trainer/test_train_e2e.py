@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import tiny_config, train_with_interrupt, write_config
-from tools.train import main as train_main
-from tools.evaluate import priors_main, uniform_main
-from trainer.optim import warmup_step_factor
-from utils.checkpoint import load_checkpoint
+from longtail.cli.train import main as train_main
+from longtail.cli.evaluate import priors_main, uniform_main
+from longtail.core.optim import warmup_step_factor
+from longtail.utils.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the official release")
 
@@ -128,7 +128,7 @@ def test_reference_custom_lr_values():
 
 
 def test_cosine_schedule_matches_torch_cosine_annealing():
-    from trainer.optim import cosine
+    from longtail.core.optim import cosine
 
     params = [torch.nn.Parameter(torch.zeros(1))]
     ours = torch.optim.SGD(params, lr=0.2)

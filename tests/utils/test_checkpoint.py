@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, strip_prefixes
+from longtail.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, strip_prefixes
 
 
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):

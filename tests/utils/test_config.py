@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.train import build_parser, overrides_from_args
-from tools.train import main as train_main
-from trainer.build import build_without_data, resolve
-from trainer.combiner import compute_loss
-from utils.config import apply_overrides, expand_tau_list, load_config, set_by_path
-from utils.errors import ConfigError
-from utils.registry import Registry
+from longtail.cli.train import build_parser, overrides_from_args
+from longtail.cli.train import main as train_main
+from longtail.core.build import build_without_data, resolve
+from longtail.core.combiner import compute_loss
+from longtail.model.losses.logit_adjusted import expand_tau_list
+from longtail.utils.config import apply_overrides, load_config, set_by_path
+from longtail.utils.errors import ConfigError
+from longtail.utils.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 # Shipped configs, not the partial files they inherit from (configs/_base_/, see utils/config.py load_config).

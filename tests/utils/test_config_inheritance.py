@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.build import resolve
-from utils.config import load_config, merge_configs
-from utils.errors import ConfigError
+from longtail.core.build import resolve
+from longtail.utils.config import load_config, merge_configs
+from longtail.utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 BEFORE = ROOT / "tests/fixtures/resolved_configs_before_inheritance.json"

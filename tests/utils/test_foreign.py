@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.errors import CheckpointError
-from utils.foreign import ForeignObject, load_foreign_object, read_foreign_checkpoint
+from longtail.utils.errors import CheckpointError
+from longtail.utils.foreign import ForeignObject, load_foreign_object, read_foreign_checkpoint
 
 
 class Remover:

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from evaluation.posthoc import log_test_prior
-from evaluation.report import prior_reports, uniform_report
-from utils.metrics import accuracy_report, calibration_errors, group_accuracy, mean_std, per_class_accuracy, shot_masks
+from longtail.evaluation.posthoc import log_test_prior
+from longtail.evaluation.report import prior_reports, uniform_report
+from longtail.utils.metrics import accuracy_report, calibration_errors, group_accuracy, mean_std, per_class_accuracy, shot_masks
 
 
 def test_shot_masks_thresholds():

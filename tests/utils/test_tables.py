@@ -5,8 +5,8 @@ import math
 import pandas as pd
 import pytest
 
-from utils.metrics import mean_std
-from utils.tables import (best_mask, paper_table, plot_priors, read_csv, to_latex, to_markdown, to_text, wide_view,
+from longtail.utils.metrics import mean_std
+from longtail.utils.tables import (best_mask, paper_table, plot_priors, read_csv, to_latex, to_markdown, to_text, wide_view,
                           write_csv)
 
 # three seeds of one method on two priors: "all" values and a many-shot value

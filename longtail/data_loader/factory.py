@@ -1,0 +1,127 @@
+"""Build train/test data sets and loaders from the ``data_loader`` config block."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from longtail.data_loader.datasets import ImageTensorDataset, dataset_info
+from longtail.registry import DATASETS
+from longtail.data_loader.loader import BatchLoader
+from longtail.registry import LOADERS, SAMPLERS
+from longtail.utils.errors import ConfigError, DataNotFoundError
+
+# Keys of data_loader.args that configure the loader rather than the data set itself.
+# batch_size is the GLOBAL batch of one optimizer step; under torchrun each of W processes takes batch_size / W.
+# num_workers: decoding processes of image-file data sets (in-memory tensor data sets need none).
+# decode: "pil" (workers decode and transform) or "device" (workers read bytes; JPEGs decoded on the training device).
+LOADER_KEYS = {"batch_size": int, "sampler": str, "augment": (dict, str), "drop_last": bool, "num_workers": int,
+               "decode": str}
+
+
+@dataclass
+class DataBundle:
+    """Everything the trainer and evaluator need from the data side."""
+
+    train_set: ImageTensorDataset | None  # or an ImageListDataset: same interface
+    test_set: ImageTensorDataset
+    train_loader: BatchLoader | None  # or an ImageListLoader (LOADERS, chosen by the data set's loader_kind)
+    test_loader: BatchLoader
+
+    @property
+    def cls_num_list(self) -> list[int]:
+        """Training images per class (the only source of class counts for losses and shot groups)."""
+        if self.train_set is None:
+            raise RuntimeError("no training set was built (build_data(train=False))")
+        return self.train_set.cls_num_list
+
+
+def split_loader_args(block: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate data_loader.args into (data set kwargs, loader kwargs) and type-check the loader part."""
+    args = dict(block.get("args") or {})
+    loader = {k: args.pop(k) for k in list(args) if k in LOADER_KEYS}
+    for key, kind in LOADER_KEYS.items():
+        if key in loader and (not isinstance(loader[key], kind) or (kind is int and isinstance(loader[key], bool))):
+            raise ConfigError(f"'data_loader.args.{key}' has the wrong type: {loader[key]!r}")
+    if loader.get("batch_size", 1) < 1:
+        raise ConfigError(f"'data_loader.args.batch_size' must be >= 1, got {loader['batch_size']}")
+    if "sampler" in loader:
+        SAMPLERS.get(loader["sampler"], where="data_loader.args.sampler")
+    return args, loader
+
+
+def build_dataset(config: dict[str, Any], split: str) -> ImageTensorDataset:
+    """Build one split of the configured data set (validates the data set args)."""
+    block = config["data_loader"]
+    dataset_args, _ = split_loader_args(block)
+    return DATASETS.build({"type": block.get("type"), "args": dataset_args}, "data_loader", split=split)
+
+
+def training_counts(config: dict[str, Any]) -> list[int]:
+    """Training images per class of the configured data set: counted from the training split, or, when its list is
+    not available (ImageNet-LT's is not shipped), read from ``<txt_dir>/<prefix>train_counts.txt``."""
+    try:
+        return build_dataset(config, "train").cls_num_list
+    except DataNotFoundError:
+        args, _ = split_loader_args(config["data_loader"])
+        defaults = {k: p.default for k, p in DATASETS.signature(config["data_loader"]["type"]).items()}
+        txt_dir, prefix = args.get("txt_dir", defaults.get("txt_dir")), args.get("prior_list_prefix",
+                                                                                 defaults.get("prior_list_prefix"))
+        counts = Path(str(txt_dir)) / f"{prefix}train_counts.txt" if txt_dir and prefix else None
+        if counts is None or not counts.is_file():
+            raise
+        from longtail.data_loader.official_lists import read_class_counts
+
+        return read_class_counts(counts)
+
+
+def loader_kind(dataset_type: str, dataset_args: dict[str, Any]) -> str:
+    """The LOADERS entry that iterates ``dataset_type`` (known without reading files: its registered info)."""
+    return dataset_info(dataset_type, dataset_args).get("loader", "tensor")
+
+
+def build_augment(kind: str, loader_args: dict[str, Any], image_size: int) -> Any:
+    """The training augmentation of ``data_loader.args.augment`` from the registry of loader kind ``kind``.
+
+    ``image_size`` (output crop size) reaches the augmentations that take a ``size`` and is dropped for the others.
+    """
+    cls = LOADERS.get(kind, where="data_loader.type")
+    return cls.augments.build(loader_args.get("augment", cls.default_augment), "data_loader.args.augment", size=image_size)
+
+
+def per_rank_batch_size(batch_size: int, world_size: int) -> int:
+    """Split the global batch over ``world_size`` processes (it must divide evenly)."""
+    if batch_size % world_size:
+        raise ConfigError(f"data_loader.args.batch_size = {batch_size} is the global batch and must be divisible by "
+                          f"the {world_size} processes; change --batch_size or the number of processes")
+    return batch_size // world_size
+
+
+def build_data(config: dict[str, Any], device: torch.device, train: bool = True, limit_batches: int | None = None,
+               rank: int = 0, world_size: int = 1, limit_val_batches: int | None = None) -> DataBundle:
+    """Data sets on ``device`` plus loaders; with ``train=False`` only the test side is built.
+
+    The training loader of process ``rank`` of ``world_size`` yields its share of each global batch; the test
+    loader covers the whole test set (evaluation runs on one process) unless ``limit_val_batches`` caps it.
+    """
+    _, loader_args = split_loader_args(config["data_loader"])
+    common = {"channels_last": bool(config.get("trainer", {}).get("channels_last", False)),
+              "seed": int(config.get("seed", 1)), "num_workers": loader_args.get("num_workers", 0), "device": device,
+              "decode": loader_args.get("decode", "pil")}
+    train_set = train_loader = None
+    if train:
+        train_set = build_dataset(config, "train").to(device)
+        augment = build_augment(train_set.loader_kind, loader_args, train_set.image_shape[-1])
+        train_loader = LOADERS.build(train_set.loader_kind, "data_loader", dataset=train_set,
+                                     batch_size=per_rank_batch_size(loader_args.get("batch_size", 128), world_size),
+                                     sampler=loader_args.get("sampler", "random"), augment=augment,
+                                     drop_last=loader_args.get("drop_last", False), limit_batches=limit_batches,
+                                     rank=rank, world_size=world_size, **common)
+    test_set = build_dataset(config, "test").to(device)
+    test_batch = int(config.get("evaluation", {}).get("test_batch_size", 512))
+    test_loader = LOADERS.build(test_set.loader_kind, "data_loader", dataset=test_set, batch_size=test_batch,
+                                sampler="sequential", augment=None, drop_last=False, limit_batches=limit_val_batches,
+                                **common)
+    return DataBundle(train_set, test_set, train_loader, test_loader)

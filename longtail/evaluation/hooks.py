@@ -1,0 +1,39 @@
+"""Extension points of the evaluator (docs/extending.md); methods register entries, the evaluator calls them.
+
+* ``POSTHOC``: a correction of the ensemble logits of one test set, ``fn(logits (N, C) float32 on the evaluation
+  device, targets (N,), context) -> (logits, extra columns)`` ("none", "oracle", "estimate" are built in).
+* ``AGGREGATIONS``: how expert logits become one prediction per test prior, ``fn(run, data, subsets) ->
+  {prior: weights (E,) or (N_prior, E) per image}`` or ``None`` for the plain mean ("mean" is built in; SADE
+  registers "sade" and its streaming "sade_online").
+* ``CHECKPOINT_READERS``: checkpoints written by other code bases, ``fn(path) -> ForeignWeights | None`` (None:
+  not this reader's format); the evaluator builds the model from ``-c CONFIG`` and loads ``convert(model)``
+  (methods/original_repos.py reads the original BalPoE / SADE / RIDE checkpoints).
+* ``REPORTERS``: extra columns of the uniform test report from per-sample model outputs, ``fn(run, extras, targets,
+  masks, image_shape) -> {column: value}`` (RIDE's router reports experts used and expected MACs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from longtail.registry import POSTHOC, AGGREGATIONS, REPORTERS
+
+
+@dataclass
+class PosthocContext:
+    """What a post-hoc correction may use besides the logits: training counts and the evaluation settings."""
+
+    cls_num_list: list[int]
+    evaluation: dict[str, Any]
+
+
+@dataclass
+class ForeignWeights:
+    """A checkpoint of another code base, recognised by a registered reader: what it is (for messages) and how its
+    weights map onto a model of this framework built from the config that describes the same network."""
+
+    description: str
+    convert: Callable[[nn.Module], dict[str, torch.Tensor]]

@@ -1,0 +1,202 @@
+"""SADE (Zhang et al., NeurIPS 2022) as a plugin: test-time self-supervised aggregation, for any number of experts E
+(docs/methods.md, SADE). Its training loss (``sade``) is in model/losses/sade.py.
+
+On the unlabeled images of one test set, learn expert weights w = softmax(a) (a in R^E, initialised to 1/E, i.e.
+the plain average) that maximise the cosine similarity between the aggregated predictions of two augmented views.
+The network stays in eval mode and runs under no_grad: only ``a`` is optimised (SGD, up to ``epochs`` passes,
+stopping early once a weight rounded to 2 decimals falls below ``stop_below``). The views come from the test
+loader of the data set's kind: batch tensor ops for in-memory sets, per-image PIL transforms for image files.
+
+Registered as the evaluation aggregation ``sade``: ``test_all_*.py --aggregation sade`` (or
+``--test_time_aggregation``), settings in ``evaluation.test_time``. SADE's streaming variant (its
+test_training_imagenet_online.py) is ``--aggregation sade_online``: one shuffled pass, one SGD step per batch, and each
+batch's images are predicted with the weights right after its own step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from longtail.data_loader.loader import BatchLoader
+from longtail.registry import AGGREGATIONS
+from longtail.evaluation.report import ensemble_logits
+from longtail.registry import register_cli_flag
+from longtail.utils.device import autocast_context
+from longtail.utils.errors import ConfigError
+
+# Defaults = SADE's CIFAR test-time config; override with evaluation.test_time.<key> (e.g. --set on test_all_*.py).
+TEST_TIME_DEFAULTS: dict[str, Any] = {
+    "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True, "epochs": 5, "batch_size": 128,
+    "stop_below": 0.05, "entropy_weight": 0.0, "augment": {"type": "sade_view", "args": {}},
+    "online_batch_size": 64,  # the streaming variant's batch (SADE's online script)
+}
+
+ViewBatches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+@dataclass
+class AggregationResult:
+    """Learned expert weights, the number of epochs run and the mean objective of each epoch."""
+
+    weights: torch.Tensor
+    epochs_run: int
+    losses: list[float] = field(default_factory=list)
+
+
+def aggregation_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """evaluation.test_time merged over the defaults; unknown keys are errors."""
+    given = dict(config.get("evaluation", {}).get("test_time") or {})
+    unknown = sorted(set(given) - set(TEST_TIME_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) evaluation.test_time.{', evaluation.test_time.'.join(unknown)}. "
+                          f"Valid keys: {', '.join(TEST_TIME_DEFAULTS)}")
+    return {**TEST_TIME_DEFAULTS, **given}
+
+
+def stability_loss(view1: torch.Tensor, view2: torch.Tensor, weights: torch.Tensor, entropy_weight: float = 0.0) -> torch.Tensor:
+    """-mean_i cos(p(v1_i), p(v2_i)) with p = softmax of the aggregated logits (cosine eps 1e-6), minus
+    ``entropy_weight`` * (H1 + H2) with H = -mean_{i,c} p log p (SADE's iNaturalist bonus, 0.01 there)."""
+    p1 = F.softmax(ensemble_logits(view1, weights), dim=1)
+    p2 = F.softmax(ensemble_logits(view2, weights), dim=1)
+    loss = -F.cosine_similarity(p1, p2, dim=1, eps=1e-6).mean()
+    if entropy_weight:
+        loss = loss - entropy_weight * (-(p1 * p1.log()).mean() - (p2 * p2.log()).mean())
+    return loss
+
+
+class ExpertWeightLearner:
+    """a in R^E (initialised to 1/E, so w = softmax(a) starts as the plain mean) and its SGD; a lives on the views'
+    device, so a step never copies to or reads from the host."""
+
+    def __init__(self, num_experts: int, device: torch.device, settings: dict[str, Any]) -> None:
+        self.logits_a = torch.full((num_experts,), 1.0 / num_experts, device=device, requires_grad=True)
+        self.optimizer = torch.optim.SGD([self.logits_a], lr=settings["lr"], momentum=settings["momentum"],
+                                         weight_decay=settings["weight_decay"],
+                                         nesterov=settings["nesterov"] and settings["momentum"] > 0)
+        self.entropy_weight = float(settings["entropy_weight"])
+
+    def step(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+        """One SGD step on the stability loss of one batch of view pairs; returns the (detached) loss."""
+        loss = stability_loss(view1.float(), view2.float(), self.weights(grad=True), self.entropy_weight)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def weights(self, grad: bool = False) -> torch.Tensor:
+        """The current expert weights w = softmax(a)."""
+        return F.softmax(self.logits_a if grad else self.logits_a.detach(), dim=0)
+
+
+def learn_expert_weights(view_batches: ViewBatches, num_experts: int, settings: dict[str, Any]) -> AggregationResult:
+    """Optimise a in R^E by SGD on the stability loss over ``view_batches(epoch)``; returns w = softmax(a).
+    The loss and the early-stopping test are read once per epoch."""
+    learner: ExpertWeightLearner | None = None
+    losses: list[float] = []
+    epochs_run = 0
+    for epoch in range(int(settings["epochs"])):
+        total, count = None, 0
+        for view1, view2 in view_batches(epoch):
+            learner = learner or ExpertWeightLearner(num_experts, view1.device, settings)
+            batch_loss = learner.step(view1, view2) * view1.shape[0]
+            total, count = batch_loss if total is None else total + batch_loss, count + view1.shape[0]
+        if learner is None:
+            break  # no test images
+        epochs_run = epoch + 1
+        losses.append(float(total) / max(count, 1))
+        if bool((torch.round(learner.weights(), decimals=2) < settings["stop_below"]).any()):
+            break
+    if learner is None:
+        return AggregationResult(torch.full((num_experts,), 1.0 / num_experts), 0, losses)
+    return AggregationResult(learner.weights(), epochs_run, losses)
+
+
+def stream_expert_weights(view_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_experts: int,
+                          settings: dict[str, Any]) -> torch.Tensor:
+    """SADE's streaming variant: one pass, one SGD step per batch; returns (N, E) with each image's row the weights
+    right after its own batch's step (the weights it is predicted with), in stream order."""
+    learner: ExpertWeightLearner | None = None
+    rows = []
+    for view1, view2 in view_batches:
+        learner = learner or ExpertWeightLearner(num_experts, view1.device, settings)
+        learner.step(view1, view2)
+        rows.append(learner.weights().expand(view1.shape[0], num_experts))
+    return torch.cat(rows) if rows else torch.empty(0, num_experts)
+
+
+def model_view_batches(model: nn.Module, loader: BatchLoader, idx: torch.Tensor, settings: dict[str, Any],
+                       amp: str = "off", batch_size: int | None = None) -> ViewBatches:
+    """Per epoch: shuffled batches of the test images ``idx`` (in ``loader.view_order(idx, epoch)``), two augmented
+    views each -> per-expert logits (no_grad)."""
+    image_size = loader.dataset.image_shape[-1]
+    augment = loader.augments.build(settings["augment"], "evaluation.test_time.augment", size=image_size)
+    if augment is None:
+        raise ConfigError("evaluation.test_time.augment must be a real augmentation (e.g. 'sade_view'), not 'none'")
+    device = loader.device
+    batch_size = int(batch_size or settings["batch_size"])
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        model.eval()
+        for view1, view2 in loader.view_pairs(idx, augment, epoch, batch_size):
+            with torch.no_grad(), autocast_context(device, amp):
+                logits = model(torch.cat([view1, view2]))["logits"].float()
+            yield logits[:len(view1)], logits[len(view1):]
+
+    return batches
+
+
+def learn_weights_on_images(model: nn.Module, loader: BatchLoader, idx: torch.Tensor, config: dict[str, Any]) -> AggregationResult:
+    """Learn aggregation weights on the test images ``idx`` served by ``loader`` with the settings of ``config``."""
+    settings = aggregation_settings(config)
+    batches = model_view_batches(model, loader, idx, settings, config["trainer"].get("amp", "off"))
+    return learn_expert_weights(batches, int(getattr(model, "num_experts", 1)), settings)
+
+
+@AGGREGATIONS.register("sade")
+def sade_aggregation(run: Any, data: Any, subsets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Expert weights learned on each test prior's unlabeled images (printed per prior)."""
+    weights = {}
+    for prior, idx in subsets.items():
+        result = learn_weights_on_images(run.model, data.test_loader, idx, run.config)
+        weights[prior] = result.weights
+        print(f"{run.label} {prior}: expert weights {', '.join(f'{w:.3f}' for w in result.weights.tolist())} "
+              f"after {result.epochs_run} epoch(s)")
+    return weights
+
+
+@AGGREGATIONS.register("sade_online")
+def sade_online_aggregation(run: Any, data: Any, subsets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SADE's streaming variant: per test prior, (N, E) weights, each image's row learned from the batches up to and
+    including its own (batch ``evaluation.test_time.online_batch_size``); rows in the order of the prior's indices."""
+    settings = aggregation_settings(run.config)
+    loader, num_experts = data.test_loader, int(getattr(run.model, "num_experts", 1))
+    weights = {}
+    for prior, idx in subsets.items():
+        batches = model_view_batches(run.model, loader, idx, settings, run.config["trainer"].get("amp", "off"),
+                                     int(settings["online_batch_size"]))
+        stream = stream_expert_weights(batches(0), num_experts, settings)
+        idx = idx.cpu()
+        position = torch.empty(int(idx.max()) + 1 if len(idx) else 0, dtype=torch.long)
+        position[idx] = torch.arange(len(idx))  # dataset index -> row of this prior's subset
+        per_image = torch.empty_like(stream)
+        per_image[position[loader.view_order(idx, 0).cpu()].to(stream.device)] = stream
+        weights[prior] = per_image
+        final = stream[-1].tolist() if len(stream) else []
+        print(f"{run.label} {prior}: final expert weights {', '.join(f'{w:.3f}' for w in final)} "
+              f"after one online pass of {len(idx)} images")
+    return weights
+
+
+def _use_sade(args: Any, value: Any) -> list:
+    """--test_time_aggregation is --aggregation sade."""
+    args.aggregation = "sade"
+    return []
+
+
+register_cli_flag(["--test_time_aggregation"], ("test_all",), _use_sade, action="store_true",
+                  help="SADE test-time self-supervised aggregation (= --aggregation sade): learn expert weights per "
+                       "test prior on its unlabeled images (settings: evaluation.test_time.*) and evaluate with them")
