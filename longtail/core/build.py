@@ -15,7 +15,7 @@ import torch.nn as nn
 from longtail.registry import LOSSES, MODEL_EXTENSIONS, MODELS
 from longtail.core.combiner import Combiner
 from longtail.registry import COMBINERS
-from longtail.core.hooks import Section, build_sections, section_validators
+from longtail.core.hooks import Section, build_sections, check_test_time_blocks, section_validators
 from longtail.registry import SECTIONS, STAGES
 from longtail.registry import OPTIMIZERS, SCHEDULERS
 from longtail.utils.checkpoint import load_checkpoint, strip_prefixes
@@ -50,6 +50,7 @@ def resolve(config: dict[str, Any]) -> dict[str, Any]:
     config["arch"] = MODELS.resolve_block(arch, "arch", config, extensions)
     if "finetuning_combiner" in config:
         config["finetuning_combiner"] = resolve_finetuning_combiner(config["finetuning_combiner"], config)
+    check_test_time_blocks(config["evaluation"])
     check_finite(config)  # derived values too (a tau list given as text)
     return config
 
@@ -225,7 +226,10 @@ def model_from_checkpoint(state: dict[str, Any], source: str,
     config = resolve(config)
     counts = list(state["cls_num_list"])
     net = build_model(config, len(counts), input_channels(config), counts)
-    load_weights(net, state["model"], source)
+    weights = state["model"]
+    for section in build_sections(config):  # e.g. a weight EMA evaluates its average instead of the trained weights
+        weights = section.eval_weights(weights, state.get("sections", {}).get(section.name))
+    load_weights(net, weights, source)
     return net.eval(), config
 
 

@@ -2,9 +2,12 @@
 
 * ``POSTHOC``: a correction of the ensemble logits of one test set, ``fn(logits (N, C) float32 on the evaluation
   device, targets (N,), context) -> (logits, extra columns)`` ("none", "oracle", "estimate" are built in).
-* ``AGGREGATIONS``: how expert logits become one prediction per test prior, ``fn(run, data, subsets) ->
-  {prior: weights (E,) or (N_prior, E) per image}`` or ``None`` for the plain mean ("mean" is built in; SADE
-  registers "sade" and its streaming "sade_online").
+* ``AGGREGATIONS``: test-time procedures: how expert logits become one prediction per test prior,
+  ``fn(AggregationContext) -> {prior: weights (E,) or (N_prior, E) per image}`` or ``None`` for the plain mean
+  ("mean" is built in). The context holds the expert logits the evaluator already collected; a procedure that
+  needs the images themselves (augmented views) has the model and the test loader too. Settings: the block
+  ``evaluation.test_time.<name>`` (``<name>`` = the entry's ``settings_key``, default its own name), merged over the
+  entry's ``defaults`` and checked against them when the config is resolved.
 * ``CHECKPOINT_READERS``: checkpoints written by other code bases, ``fn(path) -> ForeignWeights | None`` (None:
   not this reader's format); the evaluator builds the model from ``-c CONFIG`` and loads ``convert(model)``
   (methods/original_repos.py reads the original BalPoE / SADE / RIDE checkpoints).
@@ -19,7 +22,6 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from longtail.registry import POSTHOC, AGGREGATIONS, REPORTERS
 
 
 @dataclass
@@ -37,3 +39,17 @@ class ForeignWeights:
 
     description: str
     convert: Callable[[nn.Module], dict[str, torch.Tensor]]
+
+
+@dataclass
+class AggregationContext:
+    """What a test-time procedure gets: the checkpoint (``run.model``, ``run.config``, ``run.label``), its test data,
+    the index subset of every test prior, the per-expert logits (N, E, C) and targets the evaluator collected once,
+    and the procedure's settings (``evaluation.test_time.<name>`` over its defaults)."""
+
+    run: Any
+    data: Any
+    subsets: dict[str, torch.Tensor]
+    expert_logits: torch.Tensor
+    targets: torch.Tensor
+    settings: dict[str, Any]

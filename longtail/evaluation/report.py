@@ -37,7 +37,7 @@ def ensemble_logits(expert_logits: torch.Tensor, weights: torch.Tensor | None = 
 
 
 @AGGREGATIONS.register("mean")
-def mean_aggregation(run: Any, data: Any, subsets: dict[str, torch.Tensor]) -> None:
+def mean_aggregation(context: Any) -> None:
     """The plain mean of the expert logits (what every model predicts by default)."""
     return None
 

@@ -18,7 +18,8 @@ import torch.nn as nn
 
 from longtail.data_loader.factory import DataBundle, build_data, split_loader_args, training_counts
 from longtail.data_loader.profiles import CIFAR_TEST_PRIORS, DATASET_PRIORS, parse_test_prior
-from longtail.evaluation.hooks import ForeignWeights, PosthocContext
+from longtail.core.hooks import procedure_settings
+from longtail.evaluation.hooks import AggregationContext, ForeignWeights, PosthocContext
 from longtail.registry import CHECKPOINT_READERS, AGGREGATIONS, POSTHOC, REPORTERS
 from longtail.core.logits import collect_logits
 from longtail.core.logits import masks_for
@@ -287,7 +288,8 @@ def evaluate_priors(options: EvalOptions) -> pd.DataFrame:
         expert_logits, targets = collect_logits(run.model, data.test_loader, run.config["trainer"].get("amp", "off"))
         subsets = {p: data.test_set.test_prior_indices(p, run.cls_num_list) for p in priors}
         masks = masks_for(run.cls_num_list, run.config["evaluation"])
-        weights = aggregate(run, data, subsets)
+        settings = procedure_settings(options.aggregation, run.config["evaluation"])
+        weights = aggregate(AggregationContext(run, data, subsets, expert_logits, targets, settings))
         context = PosthocContext(run.cls_num_list, run.config["evaluation"])
         base = {**_base_row(run), "aggregation": options.aggregation}
         rows += [{**base, **r} for r in prior_reports(expert_logits, targets, subsets, masks, options.posthoc, weights, context)]

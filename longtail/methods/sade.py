@@ -8,7 +8,7 @@ stopping early once a weight rounded to 2 decimals falls below ``stop_below``). 
 loader of the data set's kind: batch tensor ops for in-memory sets, per-image PIL transforms for image files.
 
 Registered as the evaluation aggregation ``sade``: ``test_all_*.py --aggregation sade`` (or
-``--test_time_aggregation``), settings in ``evaluation.test_time``. SADE's streaming variant (its
+``--test_time_aggregation``), settings in ``evaluation.test_time.sade``. SADE's streaming variant (its
 test_training_imagenet_online.py) is ``--aggregation sade_online``: one shuffled pass, one SGD step per batch, and each
 batch's images are predicted with the weights right after its own step.
 """
@@ -23,12 +23,14 @@ import torch.nn.functional as F
 
 from longtail.data_loader.loader import BatchLoader
 from longtail.registry import AGGREGATIONS
+from longtail.core.hooks import procedure_settings
+from longtail.evaluation.hooks import AggregationContext
 from longtail.evaluation.report import ensemble_logits
 from longtail.registry import register_cli_flag
 from longtail.utils.device import autocast_context
 from longtail.utils.errors import ConfigError
 
-# Defaults = SADE's CIFAR test-time config; override with evaluation.test_time.<key> (e.g. --set on test_all_*.py).
+# Defaults = SADE's CIFAR test-time config; override with evaluation.test_time.sade.<key> (e.g. --set on test_all_*.py).
 TEST_TIME_DEFAULTS: dict[str, Any] = {
     "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True, "epochs": 5, "batch_size": 128,
     "stop_below": 0.05, "entropy_weight": 0.0, "augment": {"type": "sade_view", "args": {}},
@@ -48,13 +50,8 @@ class AggregationResult:
 
 
 def aggregation_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """evaluation.test_time merged over the defaults; unknown keys are errors."""
-    given = dict(config.get("evaluation", {}).get("test_time") or {})
-    unknown = sorted(set(given) - set(TEST_TIME_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown key(s) evaluation.test_time.{', evaluation.test_time.'.join(unknown)}. "
-                          f"Valid keys: {', '.join(TEST_TIME_DEFAULTS)}")
-    return {**TEST_TIME_DEFAULTS, **given}
+    """evaluation.test_time.sade merged over the defaults; unknown keys are errors."""
+    return procedure_settings("sade", config.get("evaluation", {}))
 
 
 def stability_loss(view1: torch.Tensor, view2: torch.Tensor, weights: torch.Tensor, entropy_weight: float = 0.0) -> torch.Tensor:
@@ -133,9 +130,9 @@ def model_view_batches(model: nn.Module, loader: BatchLoader, idx: torch.Tensor,
     """Per epoch: shuffled batches of the test images ``idx`` (in ``loader.view_order(idx, epoch)``), two augmented
     views each -> per-expert logits (no_grad)."""
     image_size = loader.dataset.image_shape[-1]
-    augment = loader.augments.build(settings["augment"], "evaluation.test_time.augment", size=image_size)
+    augment = loader.augments.build(settings["augment"], "evaluation.test_time.sade.augment", size=image_size)
     if augment is None:
-        raise ConfigError("evaluation.test_time.augment must be a real augmentation (e.g. 'sade_view'), not 'none'")
+        raise ConfigError("evaluation.test_time.sade.augment must be a real augmentation (e.g. 'sade_view'), not 'none'")
     device = loader.device
     batch_size = int(batch_size or settings["batch_size"])
 
@@ -149,19 +146,22 @@ def model_view_batches(model: nn.Module, loader: BatchLoader, idx: torch.Tensor,
     return batches
 
 
-def learn_weights_on_images(model: nn.Module, loader: BatchLoader, idx: torch.Tensor, config: dict[str, Any]) -> AggregationResult:
-    """Learn aggregation weights on the test images ``idx`` served by ``loader`` with the settings of ``config``."""
-    settings = aggregation_settings(config)
+def learn_weights_on_images(model: nn.Module, loader: BatchLoader, idx: torch.Tensor, config: dict[str, Any],
+                            settings: dict[str, Any] | None = None) -> AggregationResult:
+    """Learn aggregation weights on the test images ``idx`` served by ``loader`` (settings: evaluation.test_time.sade
+    of ``config`` unless given)."""
+    settings = settings or aggregation_settings(config)
     batches = model_view_batches(model, loader, idx, settings, config["trainer"].get("amp", "off"))
     return learn_expert_weights(batches, int(getattr(model, "num_experts", 1)), settings)
 
 
 @AGGREGATIONS.register("sade")
-def sade_aggregation(run: Any, data: Any, subsets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Expert weights learned on each test prior's unlabeled images (printed per prior)."""
-    weights = {}
-    for prior, idx in subsets.items():
-        result = learn_weights_on_images(run.model, data.test_loader, idx, run.config)
+def sade_aggregation(context: AggregationContext) -> dict[str, torch.Tensor]:
+    """Expert weights learned on each test prior's unlabeled images (printed per prior). The views are new
+    augmentations of the images, so this procedure runs the model itself rather than reusing the collected logits."""
+    run, data, weights = context.run, context.data, {}
+    for prior, idx in context.subsets.items():
+        result = learn_weights_on_images(run.model, data.test_loader, idx, run.config, context.settings)
         weights[prior] = result.weights
         print(f"{run.label} {prior}: expert weights {', '.join(f'{w:.3f}' for w in result.weights.tolist())} "
               f"after {result.epochs_run} epoch(s)")
@@ -169,13 +169,14 @@ def sade_aggregation(run: Any, data: Any, subsets: dict[str, torch.Tensor]) -> d
 
 
 @AGGREGATIONS.register("sade_online")
-def sade_online_aggregation(run: Any, data: Any, subsets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def sade_online_aggregation(context: AggregationContext) -> dict[str, torch.Tensor]:
     """SADE's streaming variant: per test prior, (N, E) weights, each image's row learned from the batches up to and
-    including its own (batch ``evaluation.test_time.online_batch_size``); rows in the order of the prior's indices."""
-    settings = aggregation_settings(run.config)
-    loader, num_experts = data.test_loader, int(getattr(run.model, "num_experts", 1))
+    including its own (batch ``evaluation.test_time.sade.online_batch_size``); rows in the order of the prior's
+    indices."""
+    run, settings = context.run, context.settings
+    loader, num_experts = context.data.test_loader, int(getattr(run.model, "num_experts", 1))
     weights = {}
-    for prior, idx in subsets.items():
+    for prior, idx in context.subsets.items():
         batches = model_view_batches(run.model, loader, idx, settings, run.config["trainer"].get("amp", "off"),
                                      int(settings["online_batch_size"]))
         stream = stream_expert_weights(batches(0), num_experts, settings)
@@ -197,6 +198,10 @@ def _use_sade(args: Any, value: Any) -> list:
     return []
 
 
+sade_aggregation.defaults = TEST_TIME_DEFAULTS  # type: ignore[attr-defined]
+sade_online_aggregation.defaults = TEST_TIME_DEFAULTS  # type: ignore[attr-defined]
+sade_online_aggregation.settings_key = "sade"  # type: ignore[attr-defined]  (one settings block for both variants)
+
 register_cli_flag(["--test_time_aggregation"], ("test_all",), _use_sade, action="store_true",
                   help="SADE test-time self-supervised aggregation (= --aggregation sade): learn expert weights per "
-                       "test prior on its unlabeled images (settings: evaluation.test_time.*) and evaluate with them")
+                       "test prior on its unlabeled images (settings: evaluation.test_time.sade.*) and evaluate with them")

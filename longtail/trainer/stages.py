@@ -96,6 +96,7 @@ class Stage:
         self.scaler: torch.amp.GradScaler | None = None
         self.cls_num_list: list[int] = []
         self.history: list[dict[str, Any]] = []
+        self.sections: list[Any] = []  # config sections with hooks (their state travels with the checkpoint)
         self.monitor_best = -math.inf
         self.start_epoch, self.start_step = 1, 0
         self.saved_epochs: dict[str, int] = {}  # file name -> epoch of its last successful write
@@ -129,6 +130,7 @@ class Stage:
             "criterion": self.criterion.state_dict() if self.criterion is not None else None,
             "config": self.config, "cls_num_list": list(self.cls_num_list), "monitor_best": self.monitor_best,
             "rng": get_rng_state(), "history": self.history,
+            "sections": {s.name: s.state_dict() for s in self.sections},
         }
 
     def save(self, name: str, epoch: int, step: int = 0) -> Path | None:
@@ -166,6 +168,10 @@ class Stage:
             self.scaler.load_state_dict(state["scaler"])
         if self.criterion is not None and state.get("criterion"):
             self.criterion.load_state_dict(state["criterion"])
+        for section in self.sections:
+            saved = state.get("sections", {}).get(section.name)
+            if saved:
+                section.load_state_dict(saved)
         set_rng_state(state["rng"])
         self.monitor_best = state.get("monitor_best", self.monitor_best)
         self.history = list(state.get("history", []))

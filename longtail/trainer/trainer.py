@@ -5,6 +5,7 @@ sections (trainer/hooks.py) at fixed points; it knows no method.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any
@@ -17,7 +18,7 @@ from longtail.core.logits import masks_for, validation_metrics
 from longtail.core.build import (build_combiner, build_criterion, build_model, build_optimizer, build_scheduler,
                            check_loss_inputs, num_experts_of)
 from longtail.trainer.distributed import any_rank, barrier, convert_sync_batchnorm, sum_over_ranks, wrap_ddp
-from longtail.core.hooks import BuildContext, build_sections
+from longtail.core.hooks import BuildContext, StepContext, build_sections, overriding
 from longtail.registry import STAGES
 from longtail.core.optim import hold_lr_as_tensor
 from longtail.trainer.stages import Stage, StopRequest
@@ -103,6 +104,7 @@ class Trainer(Stage):
             self.restore(self.resume_state, len(self.data.train_loader))
         hold_lr_as_tensor(self.optimizer, self.compiled_update)  # after restore: a checkpoint may come from the other mode
         self.stop = StopRequest()
+        self.started = False
         self.writer = ScalarWriter(None, enabled=False)  # fit() opens the run's TensorBoard writer
 
     def _wrap(self, net: nn.Module, options: dict[str, str] | None) -> nn.Module:
@@ -142,6 +144,10 @@ class Trainer(Stage):
     # ------------------------------------------------------------------ training
     def train_epoch(self, epoch: int, start_step: int = 0) -> dict[str, float] | None:
         """One epoch from ``start_step``; returns epoch metrics, or None when interrupted (state already saved)."""
+        if not self.started:  # the sections' on_train_start, once, after any restore
+            self.started = True
+            for section in overriding(self.sections, "on_train_start"):
+                section.on_train_start(self)
         self.step_model.train()
         for section in self.sections:
             section.on_epoch_start(self.model, epoch)
@@ -157,19 +163,23 @@ class Trainer(Stage):
         bar = progress(loader.batches(epoch, start_step), total_steps, f"epoch {epoch}", enabled=not self.quiet)
         bar.update(start_step)
         start = time.perf_counter()
+        before_step, after_backward, after_update = (overriding(self.sections, hook) for hook in
+                                                     ("before_step", "after_backward", "after_update"))
         for step, (images, target) in enumerate(bar, start=start_step):
-            gen = torch_generator(self.device, self.seed, epoch, step, Stream.COMBINER)
-            with autocast_context(self.device, self.amp):
-                out = combiner(self.step_model, images, target, self.step_criterion, gen,
-                               numpy_generator(self.seed, epoch, step, Stream.COMBINER))
-            self.optimizer.zero_grad(set_to_none=True)
+            ctx = StepContext(self, epoch, step, images, target)
+            for section in before_step:
+                section.before_step(ctx)
+            ctx.recompute = functools.partial(self._forward_backward, combiner, images, target, epoch, step)
+            out = ctx.output = ctx.recompute()
+            for section in after_backward:
+                section.after_backward(ctx)
             if self.scaler is not None:
-                self.scaler.scale(out.loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             else:
-                out.loss.backward()
                 self.update()
+            for section in after_update:
+                section.after_update(ctx)
             batch = target.shape[0]
             loss_sum += out.loss.detach() * batch
             correct_sum += out.correct.detach()
@@ -206,7 +216,21 @@ class Trainer(Stage):
                    "lr": float(self.optimizer.param_groups[0]["lr"]), "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
         if per_expert_logged:
             metrics.update({f"loss_expert{e}": float(v) / seen for e, v in enumerate(expert_sum.tolist())})
+        for section in overriding(self.sections, "on_epoch_end"):
+            metrics.update(section.on_epoch_end(self, epoch))
         return metrics
+
+    def _forward_backward(self, combiner: Any, images: torch.Tensor, target: torch.Tensor, epoch: int,
+                          step: int) -> Any:
+        """Forward + loss (the combiner's mixing drawn from the step's seeded generators) and backward; returns the
+        combiner's output. Called once per step, and again by a section that asks for a second pass."""
+        gen = torch_generator(self.device, self.seed, epoch, step, Stream.COMBINER)
+        with autocast_context(self.device, self.amp):
+            out = combiner(self.step_model, images, target, self.step_criterion, gen,
+                           numpy_generator(self.seed, epoch, step, Stream.COMBINER))
+        self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(out.loss) if self.scaler is not None else out.loss).backward()
+        return out
 
     def _stop_requested(self, step: int, log_every: int) -> bool:
         """Ctrl-C flag; under DDP all ranks agree on it every ``log_interval`` steps (so they stop at the same step)."""
@@ -235,7 +259,7 @@ class Trainer(Stage):
                     self.scheduler.step()
                     metrics = {"epoch": epoch, **train_metrics}
                     if self._should_validate(epoch) and self.dist.is_primary:
-                        metrics.update(validation_metrics(self.model, self.data.test_loader, self.masks, self.amp))
+                        metrics.update(validation_metrics(self.eval_model(), self.data.test_loader, self.masks, self.amp))
                     self.history.append(metrics)
                     self._log_epoch(metrics, epochs, writer)
                     self._checkpoint(epoch, metrics)
@@ -243,6 +267,13 @@ class Trainer(Stage):
         finally:
             writer.close()
         return metrics
+
+    def eval_model(self) -> nn.Module:
+        """The network validated during training: the model, or what a section evaluates instead (weight EMA)."""
+        model = self.model
+        for section in overriding(self.sections, "eval_model"):
+            model = section.eval_model(model)
+        return model
 
     def _checkpoint(self, epoch: int, metrics: dict[str, Any]) -> None:
         """last.pth every epoch, checkpoint-epoch<E>.pth every save_period, best.pth when the monitor improves."""

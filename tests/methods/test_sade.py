@@ -16,6 +16,8 @@ from longtail.model.losses.sade import inverse_prior
 from longtail.registry import LOSSES
 from longtail.cli.train import main as train_main
 from longtail.cli.evaluate import priors_main
+from longtail.core.hooks import procedure_settings
+from longtail.evaluation.hooks import AggregationContext
 from longtail.methods.sade import TEST_TIME_DEFAULTS, learn_expert_weights, stability_loss
 from longtail.utils.errors import ConfigError
 
@@ -143,7 +145,7 @@ def test_sade_config_trains_and_test_time_aggregation_reports_weights(fmnist_dir
     out = tmp_path / "results"
     assert priors_main(["forward5", "uniform", "backward5"],
                        ["-r", str(checkpoint), "-d", "cpu", "--test_time_aggregation", "--posthoc_bias_correction",
-                        "estimate", "--set", "evaluation.test_time.epochs=2", "--out", str(out)]) == 0
+                        "estimate", "--set", "evaluation.test_time.sade.epochs=2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("expert weights") == 3 and "w2" in printed and "prior_tv" in printed
     rows = list(csv.DictReader((out / "results.csv").open()))
@@ -153,8 +155,8 @@ def test_sade_config_trains_and_test_time_aggregation_reports_weights(fmnist_dir
     assert not all(float(r["w0"]) == pytest.approx(1 / 3, abs=1e-4) for r in rows)  # the weights were learned
     # the streaming variant from the command line; with lr 0 its weights stay 1/3, so it must equal the plain mean
     results = {}
-    one_pass = ["--set", "evaluation.test_time.epochs=1", "--set", "evaluation.test_time.batch_size=64"]
-    for name, extra in [("online", []), ("online_lr0", ["--set", "evaluation.test_time.lr=0"]),
+    one_pass = ["--set", "evaluation.test_time.sade.epochs=1", "--set", "evaluation.test_time.sade.batch_size=64"]
+    for name, extra in [("online", []), ("online_lr0", ["--set", "evaluation.test_time.sade.lr=0"]),
                         ("mean", ["--aggregation", "mean"]), ("one_pass", ["--aggregation", "sade", *one_pass])]:
         aggregation = [] if name in ("mean", "one_pass") else ["--aggregation", "sade_online"]
         assert priors_main(["uniform", "backward5"], ["-r", str(checkpoint), "-d", "cpu", "--out", str(tmp_path / name),
@@ -268,10 +270,11 @@ def test_online_aggregation_maps_stream_rows_back_to_the_priors_images():
 
     images = torch.randn(40, 1, 3, 4, generator=torch.Generator().manual_seed(0))
     loader = StreamLoader(images)
-    run = SimpleNamespace(model=PixelExperts(), label="run", config={
-        "trainer": {}, "evaluation": {"test_time": {"online_batch_size": 4, "lr": 0.5}}})
+    run = SimpleNamespace(model=PixelExperts(), label="run", config={"trainer": {}})
     idx = torch.tensor([3, 7, 11, 19, 23, 29, 31, 37])  # a test prior's subset of the 40 images
-    weights = sade_online_aggregation(run, SimpleNamespace(test_loader=loader), {"backward2": idx})["backward2"]
+    settings = procedure_settings("sade_online", {"test_time": {"sade": {"online_batch_size": 4, "lr": 0.5}}})
+    context = AggregationContext(run, SimpleNamespace(test_loader=loader), {"backward2": idx}, None, None, settings)
+    weights = sade_online_aggregation(context)["backward2"]
     assert weights.shape == (8, 3)
     pairs = [(images[b].flatten(1).view(-1, 3, 4), images[b].flip(-1).flatten(1).view(-1, 3, 4))
              for b in (idx.flip(0)[:4], idx.flip(0)[4:])]

@@ -133,7 +133,7 @@ def test_dry_run_and_missing_data_messages(imagenet_lt_dir, tmp_path, capsys):
 def test_test_time_aggregation_on_image_files(imagenet_runs, tmp_path, capsys):
     ckpt = last_checkpoints(imagenet_runs / "saved", "tiny_imagenet_lt")[0]
     assert priors_main(["forward5", "uniform"], ["-r", ckpt, "-d", "cpu", "--test_time_aggregation", "--out", str(tmp_path),
-                                                 "--set", "evaluation.test_time.epochs=2"]) == 0
+                                                 "--set", "evaluation.test_time.sade.epochs=2"]) == 0
     assert capsys.readouterr().out.count("expert weights") == 2
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert [r["prior"] for r in rows] == ["forward5", "uniform"] and {"w0", "w1"} <= set(rows[0])

@@ -110,3 +110,26 @@ def test_misspelt_sibling_key_is_an_error():
     config["arch"]["routr"] = {"type": "ride"}
     with pytest.raises(ConfigError, match=r"unknown model extension 'routr' at 'arch.routr'. Did you mean 'router'"):
         build_without_data(config)
+
+
+def test_every_block_is_validated_when_the_config_is_resolved(tmp_path, cifar10_dir):
+    """Typos in blocks the engine used to pass through unread are errors naming the key (issue 17)."""
+    from conftest import tiny_config
+    from longtail.core.build import resolve
+
+    base = tiny_config(cifar10_dir, tmp_path)
+    with pytest.raises(ConfigError, match="finetuning_combiner"):
+        resolve({**base, "finetuning_combiner": {"initial_epch": 3}})
+    resolved = resolve({**base, "finetuning_combiner": {"initial_epoch": 3}})
+    assert resolved["finetuning_combiner"] == {"initial_epoch": 3, "type": "default", "args": {}}
+    with pytest.raises(ConfigError, match="evaluation.test_time.sade.lrr"):
+        resolve({**base, "evaluation": {"test_time": {"sade": {"lrr": 0.1}}}})
+    with pytest.raises(ConfigError, match="unknown expert aggregation 'sadee'"):
+        resolve({**base, "evaluation": {"test_time": {"sadee": {}}}})
+    # a loss's own sibling keys are accepted for that loss only
+    with pytest.raises(ConfigError, match="loss.tau_min"):
+        resolve({**base, "loss": {"type": "ce", "args": {}, "tau_min": 0}})
+    with pytest.raises(ConfigError, match="optimizer.args.lrr"):
+        resolve({**base, "optimizer": {"type": "sgd", "args": {"lrr": 0.1}}})
+    assert resolve({**base, "loss": {"type": "balpoe", "args": {"tau_list": "limits"}, "tau_min": -1,
+                                     "tau_max": 3}})["loss"]["args"]["tau_list"] == [-1.0, 1.0, 3.0]
