@@ -53,9 +53,11 @@ def build(config: str | Path | dict[str, Any], overrides: dict[str, Any] | None 
 
 
 def train(config: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None, device: str | None = None,
-          quiet: bool = True, limit_batches: int | None = None, **shortcuts: Any) -> RunResult:
+          quiet: bool = True, limit_batches: int | None = None, threads: int | None = None,
+          **shortcuts: Any) -> RunResult:
     """Train a config (any stage) in a new run directory; returns its RunResult (``.checkpoint``, ``.metrics``)."""
-    return train_run(load_config(config, overrides, **shortcuts), device, quiet=quiet, limit_batches=limit_batches)
+    return train_run(load_config(config, overrides, **shortcuts), device, quiet=quiet, limit_batches=limit_batches,
+                     threads=threads)
 
 
 def evaluate(runs: RunResult | str | Path | Sequence[RunResult | str | Path], priors: Sequence[str] | str | None = None,

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry_run", action="store_true", help="build everything, print data/model summary and exit")
     p.add_argument("--limit_batches", type=positive_int, help="cap the training batches per epoch (smoke runs)")
     p.add_argument("--limit_val_batches", type=positive_int, help="cap the validation batches (smoke runs)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads of this process (default: the usable cores minus "
+                                                        "what other processes keep busy; printed at start)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or console log (train.log is still written)")
     p.add_argument("--nproc", type=positive_int, help="start this many DDP processes on this machine (default: one "
                                                       "per GPU when n_gpu > 1 and several GPUs are visible; gloo on "
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if nproc > 1:
         return launch_processes(argv, nproc)
     result = train(config, args.device, args.resume, resume_state, args.limit_batches, args.limit_val_batches,
-                   args.quiet)
+                   args.quiet, threads=args.threads)
     return 130 if result.interrupted else 0
 
 

@@ -20,7 +20,7 @@ from longtail.trainer.distributed import init_distributed, shutdown_distributed
 from longtail.trainer.stages import make_run_dir, write_run_config
 from longtail.utils.checkpoint import load_checkpoint, remove_stale_temp_files
 from longtail.utils.config import apply_overrides
-from longtail.utils.device import resolve_device
+from longtail.utils.device import resolve_device, set_threads
 from longtail.utils.errors import CheckpointError, ConfigError
 from longtail.utils.flops import count_macs, count_parameters
 
@@ -111,14 +111,16 @@ def train(config: dict[str, Any], device: str | torch.device | None = None, resu
           resume_state: dict[str, Any] | None = None, limit_batches: int | None = None,
           limit_val_batches: int | None = None, quiet: bool = False,
           callbacks: Sequence[Callable[[Any, int, int], None]] = (),
-          on_run_dir: Callable[[Path], None] | None = None) -> RunResult:
+          on_run_dir: Callable[[Path], None] | None = None, threads: int | None = None) -> RunResult:
     """Run the stage of a resolved ``config`` in a new run directory (or continue ``resume``'s run).
 
     Everything is validated and built (data, model, earlier stages' weights) before the run directory is created,
     so a run that cannot start leaves nothing behind. ``on_run_dir`` is told the run directory as soon as it exists
-    (pipelines record it, so an interrupted stage is resumed rather than restarted).
+    (pipelines record it, so an interrupted stage is resumed rather than restarted). ``threads``: CPU intra-op
+    threads (default: chosen from the usable cores and the machine's load, utils.device.choose_threads).
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
+    threads_line = set_threads(threads)
     check_run_inputs(config, resuming=resume is not None)
     if resume is None:
         check_save_dir(config)
@@ -140,6 +142,7 @@ def train(config: dict[str, Any], device: str | torch.device | None = None, resu
         for path in stale:
             stage.logger.info(f"removed {path.name}, left by an interrupted checkpoint write")
         stage.logger.info(f"run directory: {run_dir}")
+        stage.logger.info(threads_line)
         if ctx.is_distributed:
             batch = config["data_loader"]["args"].get("batch_size", 128)
             stage.logger.info(f"DDP: {ctx.world_size} processes x {stage.data.train_loader.batch_size} images = "
