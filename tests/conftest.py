@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import os
 import pickle
 import signal
 import sys
@@ -17,7 +18,10 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# one thread count for the whole suite (runs choose theirs from the machine's load otherwise: results in float32
+# depend slightly on it)
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, torch.get_num_threads()))))
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def class_images(num_classes: int, per_class: int, seed: int, shape: tuple[int, ...] = (3, 32, 32)) -> tuple[np.ndarray, np.ndarray]:
