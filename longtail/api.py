@@ -62,13 +62,17 @@ def train(config: str | Path | dict[str, Any], overrides: dict[str, Any] | None 
 
 def evaluate(runs: RunResult | str | Path | Sequence[RunResult | str | Path], priors: Sequence[str] | str | None = None,
              posthoc: str | Sequence[str] = (), aggregation: str = "mean", device: str | None = None,
-             uniform: bool = False, overrides: dict[str, Any] | None = None) -> pd.DataFrame:
+             uniform: bool = False, overrides: dict[str, Any] | None = None, include_unfinished: bool = False,
+             latest: bool = False) -> pd.DataFrame:
     """Evaluate checkpoints (RunResults, paths, run directories or folders of runs) under the test priors of their
     data set (or ``priors``) with optional post-hoc corrections; ``uniform=True`` gives the uniform-test report
-    (calibration, per-expert accuracy) instead. Returns the tidy results."""
+    (calibration, per-expert accuracy) instead. Runs whose training did not finish are refused when several are
+    evaluated (``include_unfinished=True`` reports them, marked), and so are two runs of one config and seed
+    (``latest=True`` keeps the most recent). Returns the tidy results."""
     runs = [runs] if isinstance(runs, (RunResult, str, Path)) else list(runs)
     paths = [str(r.checkpoint if isinstance(r, RunResult) else r) for r in runs]
-    options = EvalOptions(paths, device, list((overrides or {}).items()), quiet=True, auto_out=False)
+    options = EvalOptions(paths, device, list((overrides or {}).items()), quiet=True, auto_out=False,
+                          include_unfinished=include_unfinished, latest=latest)
     if uniform:
         return evaluate_uniform(options)
     options.priors = [priors] if isinstance(priors, str) else list(priors or [])

@@ -31,6 +31,12 @@ def build_parser(description: str, with_priors: bool) -> argparse.ArgumentParser
                    help="console layout: paper (methods or seeds as rows, mean ± std, best in bold in the files), long "
                         "(the tidy table: one row per checkpoint x prior x correction) or wide (one row per run); "
                         "results.csv is always the tidy table, results.md/.tex the paper tables")
+    p.add_argument("--include_unfinished", action="store_true",
+                   help="also evaluate runs whose training did not finish (refused by default when several "
+                        "checkpoints are aggregated; their rows are marked in the 'status' column and the run label)")
+    p.add_argument("--latest", action="store_true",
+                   help="of several runs of one config and seed (e.g. a demo run twice), keep the most recently "
+                        "written one (by default that is an error: they would be averaged as one seed)")
     add_set_argument(p, "evaluation.source_prior=train")
     if with_priors:
         p.add_argument("--posthoc_bias_correction", nargs="?", const="oracle", metavar="oracle|estimate",
@@ -59,7 +65,8 @@ def options_from_args(args: argparse.Namespace, tool: str, priors: Sequence[str]
     if args.batch_size:
         overrides.append(("evaluation.test_batch_size", args.batch_size))
     overrides += method_flag_overrides(args, tool) + set_overrides(args)
-    options = EvalOptions(args.resume, args.device, overrides, args.out, format=args.format, config=args.config)
+    options = EvalOptions(args.resume, args.device, overrides, args.out, format=args.format, config=args.config,
+                          include_unfinished=args.include_unfinished, latest=args.latest)
     if tool == "test_all":
         options.priors = split_names(args.priors) or list(priors)
         options.posthoc = ["none"] + ([args.posthoc_bias_correction] if args.posthoc_bias_correction else [])

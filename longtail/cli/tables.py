@@ -37,7 +37,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digits", type=int, default=2)
     p.add_argument("--caption", default="")
     p.add_argument("--out", help="write the table to this file as well")
+    p.add_argument("--include_unfinished", action="store_true",
+                   help="keep rows of runs whose training did not finish (refused by default)")
     return p
+
+
+def check_runs(frame: pd.DataFrame, include_unfinished: bool) -> None:
+    """Refuse rows of unfinished runs (unless asked) and two checkpoints reporting the same method, seed and row:
+    a table would average them as one seed."""
+    if "status" in frame and not include_unfinished:
+        unfinished = frame[frame["status"].astype(str).str.startswith("unfinished")]
+        if not unfinished.empty:
+            listing = "; ".join(f"{c} ({s})" for c, s in unfinished[["checkpoint", "status"]].drop_duplicates()
+                                .itertuples(index=False))
+            raise DataError(f"the results hold runs whose training did not finish: {listing}. Finish and re-evaluate "
+                            "them, or pass --include_unfinished")
+    keys = [k for k in ("evaluation", "method", "seed", "prior", "posthoc", "aggregation") if k in frame]
+    if "checkpoint" in frame and {"method", "seed"} <= set(keys):
+        sources = frame.groupby(keys, dropna=False)["checkpoint"].nunique()
+        clashes = sources[sources > 1]
+        if not clashes.empty:
+            method, seed = (clashes.index[0][keys.index("method")], clashes.index[0][keys.index("seed")])
+            paths = sorted(frame[(frame["method"] == method) & (frame["seed"] == seed)]["checkpoint"].unique())
+            raise DataError(f"{method} seed {seed} comes from several checkpoints ({', '.join(paths)}): a table would "
+                            "average them as one seed; re-evaluate with only the run you mean (or test_all --latest)")
 
 
 def select(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
@@ -66,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise DataError(f"results file(s) not found: {', '.join(missing)}")
     frame = select(pd.concat([read_csv(p) for p in args.results], ignore_index=True), args)
+    check_runs(frame, args.include_unfinished)
     metrics = split_names([args.metrics])
     unknown = [m for m in metrics if m not in frame]
     if unknown:

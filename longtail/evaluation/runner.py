@@ -25,7 +25,7 @@ from longtail.core.logits import collect_logits
 from longtail.core.logits import masks_for
 from longtail.evaluation.report import prior_reports, uniform_report
 from longtail.core.build import build_model, input_channels, load_weights, model_from_checkpoint, resolve
-from longtail.utils.checkpoint import load_checkpoint
+from longtail.utils.checkpoint import load_checkpoint, run_status
 from longtail.utils.config import apply_overrides, config_stem, load_config
 from longtail.utils.device import resolve_device
 from longtail.utils.errors import CheckpointError
@@ -43,6 +43,7 @@ class LoadedRun:
     model: nn.Module
     cls_num_list: list[int]
     label: str = ""
+    status: str = "finished"  # utils.checkpoint.run_status: finished | snapshot: ... | unfinished: ... | external
 
     @property
     def seed(self) -> int:
@@ -64,6 +65,8 @@ class EvalOptions:
     format: str = "paper"  # console layout: paper | long | wide
     auto_out: bool = True  # several checkpoints without ``out``: write the files to results/<name>-<time>/
     config: str | None = None  # a config file: replaces the checkpoint's sections; required for original checkpoints
+    include_unfinished: bool = False  # evaluate runs whose training did not finish (marked in the results)
+    latest: bool = False  # of several runs of one config and seed, keep the most recent instead of failing
 
 
 def _checkpoints_in(path: Path) -> list[Path]:
@@ -138,11 +141,66 @@ def foreign_run(path: Path, foreign: ForeignWeights, config_path: str | None,
     return model.eval(), config, counts
 
 
-def prepare(path: Path, device: torch.device, test_data: TestData, overrides: Sequence[tuple[str, Any]],
-            config_path: str | None = None) -> tuple[LoadedRun, DataBundle]:
-    """Rebuild a checkpoint's model from its own config (or, for an original repository's checkpoint, from the
-    config ``config_path``), load the weights (strict) and fetch its test data."""
+@dataclass
+class CheckpointFile:
+    """A checkpoint read from disk, with how far its training got."""
+
+    path: Path
+    state: dict[str, Any] | None
+    foreign: ForeignWeights | None
+    status: str
+
+    @property
+    def key(self) -> tuple[str, int] | None:
+        """(config name, seed): two files with one key are two runs of the same experiment."""
+        if self.state is None:
+            return None
+        return str(self.state["config"].get("name")), int(self.state["config"].get("seed", 0))
+
+
+def read_checkpoint_file(path: Path) -> CheckpointFile:
+    """Read a checkpoint (this framework's or another code base's) and its run status."""
     state, foreign = read_checkpoint(path)
+    return CheckpointFile(path, state, foreign, run_status(state, path))
+
+
+def select_checkpoints(files: list[CheckpointFile], include_unfinished: bool = False,
+                       latest: bool = False) -> list[CheckpointFile]:
+    """The checkpoints a table may aggregate: unfinished runs only on request (one checkpoint alone is reported,
+    marked), and never two runs of one config and seed (``latest`` keeps the most recently written one)."""
+    unfinished = [f for f in files if f.status.startswith("unfinished")]
+    if unfinished and len(files) > 1 and not include_unfinished:
+        listing = "; ".join(f"{f.path} ({f.status})" for f in unfinished)
+        raise CheckpointError(f"refusing to aggregate runs whose training did not finish: {listing}. Finish them "
+                              "(python train.py -r FILE), leave them out, or pass --include_unfinished to report them "
+                              "marked as unfinished")
+    groups: dict[tuple[str, int], list[CheckpointFile]] = {}
+    for f in files:
+        if f.key is not None:
+            groups.setdefault(f.key, []).append(f)
+    duplicates = {key: group for key, group in groups.items() if len(group) > 1}
+    if duplicates and not latest:
+        listing = "; ".join(f"{name} seed {seed}: {', '.join(str(f.path) for f in group)}"
+                            for (name, seed), group in duplicates.items())
+        raise CheckpointError(f"several runs of the same config and seed would be averaged as one seed: {listing}. "
+                              "Pass only the one you mean, or add --latest to keep the most recently written run of "
+                              "each seed")
+    skipped = {id(f) for group in duplicates.values()
+               for f in sorted(group, key=lambda f: f.path.stat().st_mtime)[:-1]}
+    for group in duplicates.values():
+        kept = max(group, key=lambda f: f.path.stat().st_mtime)
+        print(f"--latest: {kept.path} kept; skipped the older run(s) of the same config and seed: "
+              f"{', '.join(str(f.path) for f in group if f is not kept)}", file=sys.stderr)
+    for f in unfinished:
+        print(f"warning: {f.path} is {f.status}; its rows are marked in the 'status' column", file=sys.stderr)
+    return [f for f in files if id(f) not in skipped]
+
+
+def prepare(file: CheckpointFile, device: torch.device, test_data: TestData, overrides: Sequence[tuple[str, Any]],
+            config_path: str | None = None) -> tuple[LoadedRun, DataBundle]:
+    """Rebuild a checkpoint's model from its own config (or, for another code base's checkpoint, from the
+    config ``config_path``), load the weights (strict) and fetch its test data."""
+    path, state, foreign = file.path, file.state, file.foreign
     if foreign is None:
         if config_path is not None:  # as when resuming: the given file replaces whole top-level sections
             state = {**state, "config": {**state["config"], **load_config(config_path)}}
@@ -150,7 +208,7 @@ def prepare(path: Path, device: torch.device, test_data: TestData, overrides: Se
         counts = list(state["cls_num_list"])
     else:
         model, config, counts = foreign_run(path, foreign, config_path, overrides)
-    run = LoadedRun(path, config, model, counts)
+    run = LoadedRun(path, config, model, counts, status=file.status)
     data = test_data.get(run.config)
     model = model.to(device)
     if run.config["trainer"].get("channels_last", False):
@@ -166,6 +224,8 @@ def label_runs(runs: Sequence[LoadedRun]) -> None:
     labels = [f"{r.config['name']}/seed{r.seed}" if several_configs else f"seed{r.seed}" for r in runs]
     for run, label in zip(runs, labels):
         run.label = label if labels.count(label) == 1 else f"{label}:{run.path.parent.name}"
+        if run.status.startswith("unfinished"):
+            run.label += " [unfinished]"
 
 
 def _out_dir(options: EvalOptions, runs: Sequence[LoadedRun], script: str) -> Path | None:
@@ -203,15 +263,17 @@ def load_runs(options: EvalOptions) -> list[tuple[LoadedRun, DataBundle]]:
     """Resolve the device and load every requested checkpoint with its test data."""
     device = resolve_device(options.device)
     test_data = TestData(device)
-    loaded = [prepare(path, device, test_data, options.overrides, options.config)
-              for path in expand_checkpoints(options.checkpoints)]
+    files = [read_checkpoint_file(path) for path in expand_checkpoints(options.checkpoints)]
+    files = select_checkpoints(files, options.include_unfinished, options.latest)
+    loaded = [prepare(f, device, test_data, options.overrides, options.config) for f in files]
     label_runs([run for run, _ in loaded])
     return loaded
 
 
 def _base_row(run: LoadedRun) -> dict[str, Any]:
     """Identification columns of a result row."""
-    return {"checkpoint": str(run.path), "run": run.label, "seed": run.seed, "method": run.config["name"]}
+    return {"checkpoint": str(run.path), "run": run.label, "seed": run.seed, "method": run.config["name"],
+            "status": run.status}
 
 
 UNIFORM_COLUMNS = list(GROUPS) + ["ece", "mce", "nll", "brier"]
@@ -238,7 +300,8 @@ def evaluate_uniform(options: EvalOptions) -> pd.DataFrame:
     results = pd.DataFrame(rows)
     experts = sorted((k for k in results if k.startswith("expert") and k[len("expert"):].isdigit()),
                      key=lambda k: int(k[len("expert"):]))
-    extra = [k for k in results if k not in UNIFORM_COLUMNS + experts + ["checkpoint", "run", "seed", "method", "prior"]]
+    extra = [k for k in results if k not in UNIFORM_COLUMNS + experts + ["checkpoint", "run", "seed", "method", "prior",
+                                                                         "status"]]
     columns = UNIFORM_COLUMNS + experts + extra
     caption = "; ".join(["uniform test set: top-1 (%) all/many/medium/few, ECE/MCE (%), NLL, Brier, per-expert top-1 (%)"]
                         + captions)

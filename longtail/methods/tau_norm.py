@@ -86,6 +86,10 @@ class TauNormStage(Stage):
         if self.resume_state is not None:
             self.restore(self.resume_state)
 
+    def total_epochs(self) -> int:
+        """One transform, whatever trainer.epochs the stage-1 config had."""
+        return 1
+
     def fit(self) -> dict[str, Any]:
         """Transform the head once and save last.pth (a resumed, finished stage does nothing)."""
         if self.start_epoch > 1:

@@ -115,6 +115,10 @@ class Stage:
     def check_inputs(cls, config: dict[str, Any]) -> None:
         """Stage-specific checks of the files the stage reads, run before the run directory is created."""
 
+    def total_epochs(self) -> int:
+        """Epochs this stage runs in all (a run is finished when its checkpoint holds them all)."""
+        return int(self.cfg_trainer["epochs"])
+
     @property
     def resuming(self) -> bool:
         """Whether this stage continues a saved run (weights come from its own checkpoint)."""
@@ -131,6 +135,8 @@ class Stage:
             "config": self.config, "cls_num_list": list(self.cls_num_list), "monitor_best": self.monitor_best,
             "rng": get_rng_state(), "history": self.history,
             "sections": {s.name: s.state_dict() for s in self.sections},
+            # how far the run got: evaluation refuses to average runs that did not finish (utils.checkpoint.run_status)
+            "progress": {"epoch": epoch, "step": step, "epochs": self.total_epochs()},
         }
 
     def save(self, name: str, epoch: int, step: int = 0) -> Path | None:

@@ -154,3 +154,36 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def training_progress(state: dict[str, Any]) -> tuple[int, int, int]:
+    """(epochs completed, steps into the next epoch, epochs the run was configured for) of a checkpoint."""
+    progress = state.get("progress")
+    if isinstance(progress, dict):
+        return int(progress["epoch"]), int(progress["step"]), int(progress["epochs"])
+    config = state.get("config") or {}
+    total = int((config.get("trainer") or {}).get("epochs", state.get("epoch", 0)))  # checkpoints before "progress"
+    return int(state.get("epoch", 0)), int(state.get("step", 0)), total
+
+
+def run_status(state: dict[str, Any] | None, path: str | Path) -> str:
+    """'finished', 'snapshot: epoch E of N' (an intermediate file of a run that finished, e.g. checkpoint-epoch100.pth
+    or best.pth), 'unfinished: epoch E of N[, interrupted after step S]', or 'external' (another code base's file).
+
+    A run is finished when its last.pth holds every configured epoch; tables refuse unfinished runs by default."""
+    if state is None:
+        return "external"
+    epoch, step, total = training_progress(state)
+    if epoch >= total and step == 0:
+        return "finished"
+    where = f"epoch {epoch} of {total}" + (f", interrupted after step {step} of epoch {epoch + 1}" if step else "")
+    path = Path(path)
+    sibling = path.parent / "last.pth"
+    if path.name != "last.pth" and sibling.is_file():
+        try:
+            last = torch.load(sibling, map_location="cpu", weights_only=True)
+        except Exception:  # unreadable: the run cannot be shown to have finished
+            last = None
+        if last is not None and run_status(last, sibling) == "finished":
+            return f"snapshot: {where}"
+    return f"unfinished: {where}"

@@ -13,7 +13,7 @@ from longtail.data_loader.profiles import IMAGENET_TEST_PRIORS
 from longtail.cli.make_test_priors import main as make_test_priors_main
 from longtail.cli.train import main as train_main
 from longtail.evaluation.runner import TestData as EvalData
-from longtail.evaluation.runner import prepare
+from longtail.evaluation.runner import prepare, read_checkpoint_file
 from longtail.cli.evaluate import priors_main, uniform_main
 from longtail.methods.sade import aggregation_settings, model_view_batches
 from longtail.utils.checkpoint import load_checkpoint
@@ -140,7 +140,7 @@ def test_test_time_aggregation_on_image_files(imagenet_runs, tmp_path, capsys):
     for row in rows:
         assert float(row["w0"]) + float(row["w1"]) == pytest.approx(1.0, abs=1e-3)
     # the views: every test image once per epoch, two different augmentations, seeded per (seed, epoch)
-    run, data = prepare(Path(ckpt), torch.device("cpu"), EvalData(torch.device("cpu")), [])
+    run, data = prepare(read_checkpoint_file(Path(ckpt)), torch.device("cpu"), EvalData(torch.device("cpu")), [])
     idx = torch.arange(len(data.test_set))
     batches = model_view_batches(run.model, data.test_loader, idx, {**aggregation_settings(run.config), "batch_size": 10})
     epoch0, again, epoch1 = (list(batches(e)) for e in (0, 0, 1))
