@@ -1,9 +1,11 @@
 """In-memory image data sets (CIFAR-10/100-LT, Fashion-MNIST-LT) read from the official on-disk formats."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import pickle
+import shutil
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -126,16 +128,24 @@ def _missing_data(kind: str, folder: Path, files: Sequence[str], how: str) -> Da
 
 
 def _try_torchvision_download(kind: str, root: Path) -> bool:
-    """Try torchvision's downloader; False (never an exception) when offline."""
+    """Try torchvision's downloader; False (never an exception) when offline. A failed attempt leaves nothing behind
+    (no empty data folder that a later run would take for the data set)."""
     import torchvision.datasets as tvd
 
     cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "fmnist": tvd.FashionMNIST}[kind]
+    missing = [p for p in (root, *root.parents) if not p.exists()]  # folders this attempt creates
+    before = set(root.rglob("*")) if root.exists() else set()
     try:
         root.mkdir(parents=True, exist_ok=True)
         for train in (True, False):
             cls(str(root), train=train, download=True)
         return True
     except Exception as exc:  # offline, DNS failure, HTTP error...
+        for path in sorted(set(root.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        for folder in missing:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         warnings.warn(f"download of {kind} into {root} failed: {exc}", stacklevel=3)
         return False
 
@@ -230,12 +240,14 @@ def _find_idx(name: str, folders: Sequence[Path]) -> Path | None:
     return None
 
 
-def read_fashion_mnist(data_dir: str | Path, train: bool, download: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read Fashion-MNIST idx files from data_dir, else the Debian package's folder, else download via torchvision."""
+def read_fashion_mnist(data_dir: str | Path, train: bool, download: bool = False,
+                       fallback: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read Fashion-MNIST idx files from data_dir, else (``fallback``: data_dir is the default location) the Debian
+    package's folder, else download via torchvision. An explicit data_dir without the files is an error."""
     data_dir = Path(data_dir)
     prefix = "train" if train else "t10k"
     wanted = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
-    folders = [data_dir] + [Path(p) for p in FMNIST_SYSTEM_DIRS]
+    folders = [data_dir] + ([Path(p) for p in FMNIST_SYSTEM_DIRS] if fallback else [])
     paths = [_find_idx(n, folders) for n in wanted]
     if any(p is None for p in paths) and download and _try_torchvision_download("fmnist", data_dir):
         paths = [_find_idx(n, folders) for n in wanted]
@@ -285,7 +297,8 @@ def _register_lt(name: str, reader: Callable[..., tuple[np.ndarray, np.ndarray, 
               split_seed: int = 0, download: bool = True) -> ImageTensorDataset:
         if split not in ("train", "test"):
             raise ConfigError(f"{name}: split must be 'train' or 'test', got {split!r}")
-        images, labels, class_names = reader(data_dir, train=split == "train", download=download)
+        images, labels, class_names = reader(data_dir, train=split == "train", download=download,
+                                             fallback=Path(data_dir) == Path(default_dir))
         return make_lt_dataset(images, labels, num_classes, split == "train", imb_factor, imb_type, split_seed,
                                f"{name}/{split}", mean, std, class_names)
 
@@ -296,9 +309,10 @@ def _register_lt(name: str, reader: Callable[..., tuple[np.ndarray, np.ndarray, 
     DATASETS.register(name)(build)
 
 
-_register_lt("cifar10_lt", lambda d, train, download: read_cifar(d, 10, train, download), 10, "data/cifar10",
+_register_lt("cifar10_lt", lambda d, train, download, fallback: read_cifar(d, 10, train, download), 10, "data/cifar10",
              CIFAR_MEAN, CIFAR_STD, (3, 32, 32), 5000, 1000)
-_register_lt("cifar100_lt", lambda d, train, download: read_cifar(d, 100, train, download), 100, "data/cifar100",
+_register_lt("cifar100_lt", lambda d, train, download, fallback: read_cifar(d, 100, train, download), 100,
+             "data/cifar100",
              CIFAR_MEAN, CIFAR_STD, (3, 32, 32), 500, 100)
 _register_lt("fmnist_lt", read_fashion_mnist, 10, "data/fashion_mnist", FMNIST_MEAN, FMNIST_STD, (1, 28, 28), 6000, 1000)
 

@@ -1,5 +1,6 @@
 """Data sets read from files in the official formats: LT subsets, checksums, missing data, test priors."""
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +99,32 @@ def test_real_fashion_mnist_if_installed():
         warnings.simplefilter("error")  # the Debian files decompress to the official bytes: no checksum warning
         train = DATASETS.get("fmnist_lt")("train", "/usr/share/datasets/fashion-mnist", imb_factor=0.01, download=False)
     assert train.cls_num_list == lt_class_counts(6000, 10, 0.01) and len(train) == 14886
-    with pytest.warns(UserWarning, match=r"/elsewhere: no Fashion-MNIST idx files here; using /usr/share/datasets/"):
-        fallback = DATASETS.get("fmnist_lt")("test", "/elsewhere", download=False)  # explicit folder without files
-    assert len(fallback) == 10000
+    with pytest.raises(DataNotFoundError, match="/elsewhere"):  # an explicit folder without files: no fallback
+        DATASETS.get("fmnist_lt")("test", "/elsewhere", download=False)
+
+
+def test_an_explicit_data_dir_without_the_data_is_an_error_only_the_default_falls_back(tmp_path, monkeypatch):
+    """--data_dir pointing at a folder without Fashion-MNIST must not silently train on the system copy (issue 22)."""
+    system = write_fmnist(tmp_path / "system", 30, 10)
+    monkeypatch.setattr("longtail.data_loader.datasets.FMNIST_SYSTEM_DIRS", (str(system),))
+    with pytest.raises(DataNotFoundError, match=str(tmp_path / "typo")):
+        DATASETS.get("fmnist_lt")("train", str(tmp_path / "typo"), download=False)
+    monkeypatch.chdir(tmp_path)  # the default location data/fashion_mnist is empty here: it falls back
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "using <system copy> instead" (shown once per folder)
+        data = DATASETS.get("fmnist_lt")("train", imb_factor=0.1, download=False)
+    assert len(data) == sum(lt_class_counts(30, 10, 0.1))
+
+
+def test_a_failed_download_leaves_no_empty_data_folder(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    def offline(root, train, download):
+        (Path(root) / "cifar-100-python.tar.gz.partial").write_bytes(b"x")  # what a broken download leaves
+        raise RuntimeError("offline")
+
+    monkeypatch.setattr(tvd, "CIFAR100", offline)
+    target = tmp_path / "data" / "cifar100"
+    with pytest.warns(UserWarning, match="download of cifar100"), pytest.raises(DataNotFoundError):
+        DATASETS.get("cifar100_lt")("train", str(target), download=True)
+    assert not target.exists() and not (tmp_path / "data").exists()
