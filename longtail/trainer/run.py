@@ -121,6 +121,10 @@ def train(config: dict[str, Any], device: str | torch.device | None = None, resu
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
     threads_line = set_threads(threads)
+    if resume_state is not None:  # a resumed run keeps the options it was started with unless told otherwise
+        stored = resume_state.get("run_options") or {}
+        limit_batches = limit_batches if limit_batches is not None else stored.get("limit_batches")
+        limit_val_batches = limit_val_batches if limit_val_batches is not None else stored.get("limit_val_batches")
     check_run_inputs(config, resuming=resume is not None)
     if resume is None:
         check_save_dir(config)
@@ -143,6 +147,9 @@ def train(config: dict[str, Any], device: str | torch.device | None = None, resu
             stage.logger.info(f"removed {path.name}, left by an interrupted checkpoint write")
         stage.logger.info(f"run directory: {run_dir}")
         stage.logger.info(threads_line)
+        if limit_batches or limit_val_batches:
+            stage.logger.info(f"smoke run: at most {limit_batches or 'all'} training / {limit_val_batches or 'all'} "
+                              "validation batches per epoch (kept when resumed)")
         if ctx.is_distributed:
             batch = config["data_loader"]["args"].get("batch_size", 128)
             stage.logger.info(f"DDP: {ctx.world_size} processes x {stage.data.train_loader.batch_size} images = "

@@ -99,6 +99,7 @@ class Stage:
         self.sections: list[Any] = []  # config sections with hooks (their state travels with the checkpoint)
         self.monitor_best = -math.inf
         self.start_epoch, self.start_step = 1, 0
+        self.partial_epoch: dict[str, Any] | None = None  # metric sums of an epoch interrupted mid-way
         self.saved_epochs: dict[str, int] = {}  # file name -> epoch of its last successful write
 
     def attach_run_dir(self, run_dir: Path) -> None:
@@ -137,6 +138,9 @@ class Stage:
             "sections": {s.name: s.state_dict() for s in self.sections},
             # how far the run got: evaluation refuses to average runs that did not finish (utils.checkpoint.run_status)
             "progress": {"epoch": epoch, "step": step, "epochs": self.total_epochs()},
+            "partial_epoch": self.partial_epoch if step else None,
+            # options that shape the run beyond its config: a resume continues with the same ones
+            "run_options": {"limit_batches": self.limit_batches, "limit_val_batches": self.limit_val_batches},
         }
 
     def save(self, name: str, epoch: int, step: int = 0) -> Path | None:
@@ -181,6 +185,7 @@ class Stage:
         set_rng_state(state["rng"])
         self.monitor_best = state.get("monitor_best", self.monitor_best)
         self.history = list(state.get("history", []))
+        self.partial_epoch = state.get("partial_epoch")
         self.start_epoch, self.start_step = int(state["epoch"]) + 1, int(state.get("step", 0))
         if steps_per_epoch is not None and self.start_step >= steps_per_epoch:
             self.start_epoch, self.start_step = self.start_epoch + 1, 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,9 +24,63 @@ from longtail.registry import STAGES
 from longtail.core.optim import hold_lr_as_tensor
 from longtail.trainer.stages import Stage, StopRequest
 from longtail.utils.device import autocast_context, resolve_amp, synchronize
-from longtail.utils.logging import ScalarWriter, progress
+from longtail.utils.logging import FILE_ONLY, ScalarWriter, progress
 from longtail.utils.seed import Stream, numpy_generator, torch_generator
 from longtail.utils.errors import ConfigError
+
+
+PROGRESS_LOG_SECONDS = 60.0  # a progress line in train.log at most this often (the first one at the first read)
+
+
+@dataclass
+class EpochTotals:
+    """Sums of one epoch's training metrics, kept on the device (no host read per step). A run interrupted mid-epoch
+    saves them with its checkpoint, so the resumed epoch's history row covers the whole epoch."""
+
+    loss_sum: torch.Tensor
+    correct_sum: torch.Tensor
+    expert_sum: torch.Tensor
+    seen: int = 0
+    elapsed: float = 0.0  # seconds spent in this epoch before a resume
+    per_expert_logged: bool = False
+
+    @classmethod
+    def start(cls, num_experts: int, device: torch.device, saved: dict[str, Any] | None = None,
+              primary: bool = True) -> "EpochTotals":
+        """Zero sums, or the sums an interrupted run saved (counted once: on the primary process under DDP)."""
+        totals = cls(torch.zeros((), device=device), torch.zeros((), device=device),
+                     torch.zeros(num_experts, device=device))
+        if saved and primary:
+            totals.loss_sum += saved["loss_sum"]
+            totals.correct_sum += saved["correct_sum"]
+            totals.expert_sum += torch.as_tensor(saved["expert_sum"], dtype=torch.float32).to(device)
+            totals.seen, totals.per_expert_logged = int(saved["seen"]), bool(saved["per_expert_logged"])
+        if saved:
+            totals.elapsed = float(saved["elapsed"])
+        return totals
+
+    def add(self, out: Any, batch: int) -> None:
+        """Add one step's loss (times its batch), correct predictions and per-expert losses (device ops only)."""
+        self.loss_sum += out.loss.detach() * batch
+        self.correct_sum += out.correct.detach()
+        if out.per_expert is not None:
+            self.expert_sum += out.per_expert.detach() * batch
+            self.per_expert_logged = True
+        self.seen += batch
+
+    def sum_over_ranks(self) -> None:
+        """Global sums over the DDP processes (one collective)."""
+        totals = sum_over_ranks(torch.cat([torch.stack([self.loss_sum, self.correct_sum]), self.expert_sum,
+                                           torch.tensor([float(self.seen)], device=self.loss_sum.device)]))
+        self.loss_sum, self.correct_sum, self.expert_sum, self.seen = totals[0], totals[1], totals[2:-1], int(totals[-1])
+
+    def state(self, elapsed: float, distributed: bool) -> dict[str, Any]:
+        """Plain-data sums for the checkpoint (global under DDP)."""
+        if distributed:
+            self.sum_over_ranks()
+        return {"loss_sum": float(self.loss_sum), "correct_sum": float(self.correct_sum),
+                "expert_sum": self.expert_sum.tolist(), "seen": self.seen, "elapsed": elapsed,
+                "per_expert_logged": self.per_expert_logged}
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -105,6 +160,7 @@ class Trainer(Stage):
         hold_lr_as_tensor(self.optimizer, self.compiled_update)  # after restore: a checkpoint may come from the other mode
         self.stop = StopRequest()
         self.started = False
+        self.last_progress_log = -math.inf
         self.writer = ScalarWriter(None, enabled=False)  # fit() opens the run's TensorBoard writer
 
     def _wrap(self, net: nn.Module, options: dict[str, str] | None) -> nn.Module:
@@ -155,14 +211,15 @@ class Trainer(Stage):
         combiner = build_combiner(self.config, epoch)
         loader = self.data.train_loader
         total_steps = len(loader)
-        loss_sum = torch.zeros((), device=self.device)
-        expert_sum = torch.zeros(self.num_experts, device=self.device)
-        correct_sum = torch.zeros((), device=self.device)
-        seen, log_every, per_expert_logged = 0, max(1, self.cfg_trainer["log_interval"]), False
+        totals = EpochTotals.start(self.num_experts, self.device, self.partial_epoch if start_step else None,
+                                   primary=self.dist.is_primary)
+        self.partial_epoch = None
+        log_every = max(1, self.cfg_trainer["log_interval"])
+        read_metrics = not self.quiet or self.writer.enabled or self.run_dir is not None
         window = (0.0, 0)  # (loss sum, images) at the last per-step log
         bar = progress(loader.batches(epoch, start_step), total_steps, f"epoch {epoch}", enabled=not self.quiet)
         bar.update(start_step)
-        start = time.perf_counter()
+        start = time.perf_counter() - totals.elapsed
         before_step, after_backward, after_update = (overriding(self.sections, hook) for hook in
                                                      ("before_step", "after_backward", "after_update"))
         for step, (images, target) in enumerate(bar, start=start_step):
@@ -180,26 +237,27 @@ class Trainer(Stage):
                 self.update()
             for section in after_update:
                 section.after_update(ctx)
-            batch = target.shape[0]
-            loss_sum += out.loss.detach() * batch
-            correct_sum += out.correct.detach()
-            if out.per_expert is not None:
-                expert_sum += out.per_expert.detach() * batch
-                per_expert_logged = True
-            seen += batch
+            totals.add(out, target.shape[0])
             for callback in self.callbacks:
                 callback(self, epoch, step)
-            if (step + 1) % log_every == 0 and (not self.quiet or self.writer.enabled):
-                # the only per-step host sync, every log_interval steps: progress bar and per-step TensorBoard scalars
-                loss_total, correct_total = torch.stack([loss_sum, correct_sum]).tolist()
+            if (step + 1) % log_every == 0 and read_metrics:
+                # the only per-step host sync, every log_interval steps: progress bar, train.log, TensorBoard scalars
+                loss_total, correct_total = torch.stack([totals.loss_sum, totals.correct_sum]).tolist()
+                seen, now = max(totals.seen, 1), time.perf_counter()
                 bar.set_postfix(loss=f"{loss_total / seen:.3f}", acc=f"{100 * correct_total / seen:.1f}",
-                                img_s=f"{seen / (time.perf_counter() - start):.0f}")
-                window_loss = (loss_total - window[0]) / max(seen - window[1], 1)
+                                img_s=f"{seen / (now - start):.0f}")
+                if now - self.last_progress_log >= PROGRESS_LOG_SECONDS:  # the log shows life within the first epoch
+                    self.last_progress_log = now
+                    self.logger.info(f"epoch {epoch} step {step + 1}/{total_steps} | loss {loss_total / seen:.4f} | acc "
+                                     f"{100 * correct_total / seen:.2f}% | {seen / (now - start):.0f} img/s", extra=FILE_ONLY)
+                window_loss = (loss_total - window[0]) / max(totals.seen - window[1], 1)
                 self.writer.add_scalars({"train/loss_step": window_loss, "train/lr_step": float(self.optimizer.param_groups[0]["lr"])},
                                         (epoch - 1) * total_steps + step + 1)
-                window = (loss_total, seen)
+                window = (loss_total, totals.seen)
             if self._stop_requested(step, log_every):
                 bar.close()
+                # the epoch's sums so far travel with the checkpoint: the resumed epoch reports the whole epoch
+                self.partial_epoch = totals.state(time.perf_counter() - start, self.dist.is_distributed)
                 path = self.save("last.pth", epoch - 1, step + 1)
                 self.logger.info(f"interrupted at epoch {epoch} step {step + 1}/{total_steps}; saved {path}. "
                                  f"Resume with: python train.py -r {path}")
@@ -208,14 +266,13 @@ class Trainer(Stage):
         synchronize(self.device)
         elapsed = time.perf_counter() - start
         if self.dist.is_distributed:  # epoch metrics over the global batches, one collective per epoch
-            totals = sum_over_ranks(torch.cat([torch.stack([loss_sum, correct_sum]), expert_sum,
-                                               torch.tensor([float(seen)], device=self.device)]))
-            loss_sum, correct_sum, expert_sum, seen = totals[0], totals[1], totals[2:-1], int(totals[-1])
-        seen = max(seen, 1)
-        metrics = {"loss": float(loss_sum) / seen, "accuracy": 100.0 * float(correct_sum) / seen,
-                   "lr": float(self.optimizer.param_groups[0]["lr"]), "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
-        if per_expert_logged:
-            metrics.update({f"loss_expert{e}": float(v) / seen for e, v in enumerate(expert_sum.tolist())})
+            totals.sum_over_ranks()
+        seen = max(totals.seen, 1)
+        metrics = {"loss": float(totals.loss_sum) / seen, "accuracy": 100.0 * float(totals.correct_sum) / seen,
+                   "lr": float(self.optimizer.param_groups[0]["lr"]), "images_per_s": seen / elapsed,
+                   "epoch_time_s": elapsed}
+        if totals.per_expert_logged:
+            metrics.update({f"loss_expert{e}": float(v) / seen for e, v in enumerate(totals.expert_sum.tolist())})
         for section in overriding(self.sections, "on_epoch_end"):
             metrics.update(section.on_epoch_end(self, epoch))
         return metrics

@@ -9,8 +9,12 @@ from typing import Any, Iterable
 from tqdm import tqdm
 
 
+FILE_ONLY = {"file_only": True}
+
+
 def get_logger(name: str = "lt", log_file: str | Path | None = None, quiet: bool = False) -> logging.Logger:
-    """A logger writing plain messages to stderr and, when given, timestamped lines to ``log_file``."""
+    """A logger writing plain messages to stderr and, when given, timestamped lines to ``log_file``; records logged
+    with ``extra=FILE_ONLY`` (progress lines) go to the file only."""
     logger = logging.getLogger(name)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -20,6 +24,7 @@ def get_logger(name: str = "lt", log_file: str | Path | None = None, quiet: bool
     if not quiet:
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logging.Formatter("%(message)s"))
+        console.addFilter(lambda record: not getattr(record, "file_only", False))  # the console has a progress bar
         logger.addHandler(console)
     if log_file is not None:
         file_handler = logging.FileHandler(log_file)

@@ -104,6 +104,35 @@ def test_interrupt_then_resume_equals_uninterrupted(cifar10_dir, tmp_path):
         assert torch.equal(resumed[key], expected[key]), key
 
 
+def test_a_resumed_smoke_run_keeps_its_flags_and_reports_whole_epochs(cifar10_dir, tmp_path):
+    """Issue 22: `-r last.pth` after Ctrl-C on a --limit_batches run continues with the same limit, and the resumed
+    epoch's history row covers the whole epoch (identical to the uninterrupted run's)."""
+    config = write_config(tmp_path / "c.json", tiny_config(cifar10_dir, tmp_path / "a", epochs=2))
+    smoke = ["-d", "cpu", "--quiet", "--limit_batches", "3", "--limit_val_batches", "1"]
+    assert train_main(["-c", str(config), *smoke]) == 0
+    reference = run_dirs(tmp_path / "a")[0] / "last.pth"
+    assert train_with_interrupt(["-c", str(config), *smoke, "--save_dir", str(tmp_path / "b")], (1, 1)) == 130
+    interrupted = run_dirs(tmp_path / "b")[0] / "last.pth"
+    assert load_checkpoint(interrupted)["run_options"]["limit_batches"] == 3
+    assert train_main(["-r", str(interrupted), "-d", "cpu", "--quiet"]) == 0  # no flags repeated
+    resumed, expected = load_checkpoint(interrupted), load_checkpoint(reference)
+    assert all(torch.equal(resumed["model"][k], v) for k, v in expected["model"].items())
+    for key in ("loss", "accuracy", "loss_expert0"):
+        assert [row[key] for row in resumed["history"]] == [row[key] for row in expected["history"]], key
+    history = (interrupted.parent / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and "smoke run: at most 3 training" in (interrupted.parent / "train.log").read_text()
+
+
+def test_train_log_shows_progress_within_the_first_epoch(cifar10_dir, tmp_path):
+    """A quiet run writes a progress line to train.log at its first metric read, long before the epoch ends."""
+    config = write_config(tmp_path / "c.json", tiny_config(cifar10_dir, tmp_path, epochs=1,
+                                                           **{"trainer.log_interval": 1}))
+    assert train_main(["-c", str(config), "-d", "cpu", "--quiet", "--limit_batches", "3"]) == 0
+    log = (run_dirs(tmp_path)[0] / "train.log").read_text().splitlines()
+    first_progress = next(i for i, line in enumerate(log) if " step 1/3 | loss " in line)
+    assert first_progress < next(i for i, line in enumerate(log) if "epoch 1/1 |" in line)
+
+
 def test_same_seed_same_result_different_seed_differs(cifar10_dir, tmp_path):
     config = write_config(tmp_path / "c.json", tiny_config(cifar10_dir, tmp_path, epochs=1))
     for _ in range(2):
