@@ -46,6 +46,9 @@ def build_parser(description: str, with_priors: bool) -> argparse.ArgumentParser
         p.add_argument("--aggregation", default="mean",
                        help="how expert logits are combined per test prior: 'mean' (default) or a registered test-time "
                             "procedure (settings: evaluation.test_time.<name>; list: docs/methods.md)")
+        p.add_argument("--groups", action="store_true",
+                       help="console table with many/medium/few/all per prior (default: all only; the files always "
+                            "have every group)")
         p.add_argument("--priors", nargs="+",
                        help="subset/order of test priors to evaluate (space- or comma-separated, e.g. uniform,backward50)")
     add_method_flags(p, tool)
@@ -71,6 +74,7 @@ def options_from_args(args: argparse.Namespace, tool: str, priors: Sequence[str]
         options.priors = split_names(args.priors) or list(priors)
         options.posthoc = ["none"] + ([args.posthoc_bias_correction] if args.posthoc_bias_correction else [])
         options.aggregation = args.aggregation
+        options.groups = args.groups
     return options
 
 

@@ -13,7 +13,7 @@ from longtail.cli.common import (add_method_flags, add_set_argument, method_flag
                           set_overrides)
 from longtail.trainer.run import config_for_run, dry_run_summary, train
 from longtail.trainer.distributed import context_from_env, free_port, processes_to_start, worker_environment
-from longtail.utils.config import SHORTCUT_KEYS, load_config
+from longtail.utils.config import SHORTCUT_KEYS, load_config, with_run_name
 from longtail.utils.device import resolve_device
 
 
@@ -57,33 +57,13 @@ def overrides_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
     return pairs + method_flag_overrides(args, "train") + set_overrides(args)
 
 
-# Overrides that do not change what is trained (where data and runs live, logging, paths of earlier stages' files):
-# they do not rename the run.
-NEUTRAL_KEYS = ("seed", "name", "description", "data_loader.args.data_dir", "data_loader.args.num_workers",
-                "data_loader.args.txt_dir", "trainer.save_dir", "trainer.tensorboard", "trainer.log_interval")
-NEUTRAL_SUFFIXES = (".checkpoint", ".checkpoints", ".base.args.data_dir")
-
-
-def run_name_suffix(pairs: Sequence[tuple[str, Any]]) -> str:
-    """'-num_experts7-type_resnet10' for the overrides that change the training (empty when there are none)."""
-    parts = []
-    for key, value in pairs:
-        if key in NEUTRAL_KEYS or key.endswith(NEUTRAL_SUFFIXES):
-            continue
-        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-        parts.append(f"{key.split('.')[-1]}{'' if text[:1].isdigit() or text[:1] == '-' else '_'}{text}")
-    return "".join(f"-{part}" for part in parts)
-
-
 def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     """Resolve the config and run (or dry-run) it; several processes are started here when the run asks for DDP
     without a launcher."""
     raw = load_config(args.config) if args.config else None
     pairs = overrides_from_args(args)
-    if args.name:
-        pairs.append(("name", args.name))
-    elif raw is not None and not args.resume and not any(key == "name" for key, _ in pairs):
-        pairs.append(("name", f"{raw.get('name', 'run')}{run_name_suffix(pairs)}"))
+    if raw is not None and not args.resume:
+        pairs = with_run_name(raw, pairs, args.name)
     config, resume_state = config_for_run(raw, args.resume, pairs)
     if args.dry_run:
         if context_from_env().is_primary:

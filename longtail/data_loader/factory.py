@@ -125,3 +125,16 @@ def build_data(config: dict[str, Any], device: torch.device, train: bool = True,
                                 sampler="sequential", augment=None, drop_last=False, limit_batches=limit_val_batches,
                                 **common)
     return DataBundle(train_set, test_set, train_loader, test_loader)
+
+
+def build_eval_loader(config: dict[str, Any], split: str, device: torch.device, batch_size: int | None = None) -> Any:
+    """A sequential loader over ``split`` ('train', 'test', or 'val' where the data set has one) without
+    augmentation: every image once, in data set order (predictions of a split, held-out logits)."""
+    _, loader_args = split_loader_args(config["data_loader"])
+    dataset = build_dataset(config, split).to(device)
+    batch = int(batch_size or config.get("evaluation", {}).get("test_batch_size", 512))
+    return LOADERS.build(dataset.loader_kind, "data_loader", dataset=dataset, batch_size=batch, sampler="sequential",
+                         augment=None, drop_last=False, limit_batches=None,
+                         channels_last=bool(config.get("trainer", {}).get("channels_last", False)),
+                         seed=int(config.get("seed", 1)), num_workers=loader_args.get("num_workers", 0), device=device,
+                         decode=loader_args.get("decode", "pil"))

@@ -67,6 +67,7 @@ class EvalOptions:
     config: str | None = None  # a config file: replaces the checkpoint's sections; required for original checkpoints
     include_unfinished: bool = False  # evaluate runs whose training did not finish (marked in the results)
     latest: bool = False  # of several runs of one config and seed, keep the most recent instead of failing
+    groups: bool = False  # console table of test_all: many/medium/few/all per prior instead of all only
 
 
 def _checkpoints_in(path: Path) -> list[Path]:
@@ -196,10 +197,10 @@ def select_checkpoints(files: list[CheckpointFile], include_unfinished: bool = F
     return [f for f in files if id(f) not in skipped]
 
 
-def prepare(file: CheckpointFile, device: torch.device, test_data: TestData, overrides: Sequence[tuple[str, Any]],
-            config_path: str | None = None) -> tuple[LoadedRun, DataBundle]:
-    """Rebuild a checkpoint's model from its own config (or, for another code base's checkpoint, from the
-    config ``config_path``), load the weights (strict) and fetch its test data."""
+def load_run(file: CheckpointFile, device: torch.device, overrides: Sequence[tuple[str, Any]] = (),
+             config_path: str | None = None) -> LoadedRun:
+    """Rebuild a checkpoint's model from its own config and stored class counts (or, for another code base's
+    checkpoint, from the config ``config_path``), load the weights (strict), move it to ``device`` in eval mode."""
     path, state, foreign = file.path, file.state, file.foreign
     if foreign is None:
         if config_path is not None:  # as when resuming: the given file replaces whole top-level sections
@@ -208,13 +209,17 @@ def prepare(file: CheckpointFile, device: torch.device, test_data: TestData, ove
         counts = list(state["cls_num_list"])
     else:
         model, config, counts = foreign_run(path, foreign, config_path, overrides)
-    run = LoadedRun(path, config, model, counts, status=file.status)
-    data = test_data.get(run.config)
     model = model.to(device)
-    if run.config["trainer"].get("channels_last", False):
+    if config["trainer"].get("channels_last", False):
         model = model.to(memory_format=torch.channels_last)
-    run.model = model.eval()
-    return run, data
+    return LoadedRun(path, config, model.eval(), counts, status=file.status)
+
+
+def prepare(file: CheckpointFile, device: torch.device, test_data: TestData, overrides: Sequence[tuple[str, Any]],
+            config_path: str | None = None) -> tuple[LoadedRun, DataBundle]:
+    """:func:`load_run` plus the run's test data (built once per distinct test set)."""
+    run = load_run(file, device, overrides, config_path)
+    return run, test_data.get(run.config)
 
 
 def label_runs(runs: Sequence[LoadedRun]) -> None:
@@ -317,12 +322,12 @@ def posthoc_caption(mode: str) -> str:
     return "" if mode == "none" else getattr(POSTHOC.get(mode), "caption", f" with posthoc correction '{mode}'")
 
 
-def prior_tables(results: pd.DataFrame, priors: Sequence[str]) -> list[PaperTable]:
+def prior_tables(results: pd.DataFrame, priors: Sequence[str], metrics: Sequence[str] = GROUPS) -> list[PaperTable]:
     """The paper table (priors as column groups of many/medium/few/all) plus one for each extra column
     (the EM estimate's prior_tv, test-time aggregation weights w0..)."""
     modes = [posthoc_caption(m).strip() for m in dict.fromkeys(results["posthoc"]) if m != "none"]
     caption = "test-agnostic evaluation: top-1 (%) per test prior" + (f"; {'; '.join(modes)}" if modes else "")
-    tables = [paper_table(results, GROUPS, "prior", priors, caption=caption)]
+    tables = [paper_table(results, metrics, "prior", priors, caption=caption)]
     extra = [k for k in results if k == "prior_tv" or (k.startswith("w") and k[1:].isdigit())]
     if extra:
         tables.append(paper_table(results.dropna(subset=extra, how="all"), extra, "prior", priors,
@@ -357,13 +362,17 @@ def evaluate_priors(options: EvalOptions) -> pd.DataFrame:
         base = {**_base_row(run), "aggregation": options.aggregation}
         rows += [{**base, **r} for r in prior_reports(expert_logits, targets, subsets, masks, options.posthoc, weights, context)]
     results = pd.DataFrame(rows)
+    # the protocol's order (forward50 ... backward50), kept by sorting, pivot_table and groupby
+    results["prior"] = pd.Categorical(results["prior"], categories=list(dict.fromkeys(priors)), ordered=True)
     tables = prior_tables(results, priors)
     if not options.quiet:
-        show(results, tables, options.format, GROUPS, "prior")
+        console = tables if options.groups else prior_tables(results, priors, metrics=["all"])
+        show(results, console, options.format, GROUPS if options.groups else ["all"], "prior")
     out_dir = _out_dir(options, [r for r, _ in loaded], "test_all")
     _write(out_dir, results, tables, options.quiet)
     if out_dir is not None:
-        plot = plot_priors(results, priors, out_dir / "accuracy_vs_prior.png", title=f"{loaded[0][0].config['name']}")
+        methods = ", ".join(dict.fromkeys(run.config["name"] for run, _ in loaded))
+        plot = plot_priors(results, priors, out_dir / "accuracy_vs_prior.png", title=methods)
         if not options.quiet:
             print(f"wrote {plot}")
     return results

@@ -7,7 +7,7 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from longtail.utils.errors import ConfigError
 from longtail.utils.resources import find_shipped
@@ -280,3 +280,33 @@ def apply_overrides(config: dict[str, Any], pairs: Iterable[tuple[str, Any]]) ->
 def config_stem(name: str) -> str:
     """A filesystem-safe version of a config name."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+# Overrides that do not change what is trained (where data and runs live, logging, paths of earlier stages' files):
+# they do not rename the run.
+NEUTRAL_KEYS = ("seed", "name", "description", "data_loader.args.data_dir", "data_loader.args.num_workers",
+                "data_loader.args.txt_dir", "trainer.save_dir", "trainer.tensorboard", "trainer.log_interval")
+NEUTRAL_SUFFIXES = (".checkpoint", ".checkpoints", ".base.args.data_dir")
+
+
+def run_name_suffix(pairs: Iterable[tuple[str, Any]]) -> str:
+    """'-num_experts7-type_resnet10' for the overrides that change the training (empty when there are none)."""
+    parts = []
+    for key, value in pairs:
+        if key in NEUTRAL_KEYS or key.endswith(NEUTRAL_SUFFIXES):
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        parts.append(f"{key.split('.')[-1]}{'' if text[:1].isdigit() or text[:1] == '-' else '_'}{text}")
+    return "".join(f"-{part}" for part in parts)
+
+
+def with_run_name(raw: dict[str, Any], pairs: Sequence[tuple[str, Any]], name: str | None = None) -> list[tuple[str, Any]]:
+    """The overrides plus the run's name, by the one naming rule of train.py and the API: an explicit ``name``
+    (--name, or a ``name`` override) wins; otherwise the config's name plus a suffix for every override that changes
+    the training (``--epochs 5`` -> ``<name>-epochs5``). Runs land in ``<save_dir>/<name>/seed<S>-<time>/``."""
+    pairs = list(pairs)
+    if name:
+        return pairs + [("name", name)]
+    if any(key == "name" for key, _ in pairs):
+        return pairs
+    return pairs + [("name", f"{raw.get('name', 'run')}{run_name_suffix(pairs)}")]

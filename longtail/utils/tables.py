@@ -195,7 +195,8 @@ def wide_view(frame: pd.DataFrame, metrics: Sequence[str] = GROUPS, column_key: 
 
 def plot_priors(frame: pd.DataFrame, priors: Sequence[str], path: str | Path, value_key: str = "all",
                 title: str = "") -> Path:
-    """PNG of accuracy versus test prior: one mean line with a ± std band per table row (method / correction)."""
+    """PNG of accuracy versus test prior: one mean line with a ± std band per table row (method / correction);
+    ``title`` names what is compared (e.g. every method)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,7 +217,8 @@ def plot_priors(frame: pd.DataFrame, priors: Sequence[str], path: str | Path, va
     ax.set_xticklabels(priors, rotation=45, ha="right")
     ax.set_ylabel(f"{value_key} accuracy (%)")
     ax.set_xlabel("test class prior")
-    ax.set_title(title or f"accuracy vs test prior (mean ± std over {runs} run{'s' * (runs > 1)})")
+    summary = f"accuracy vs test prior (mean ± std over {runs} run{'s' * (runs > 1)})"
+    ax.set_title(f"{title}: {summary}" if title else summary, fontsize=10, wrap=True)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

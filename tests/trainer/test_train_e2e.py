@@ -75,6 +75,17 @@ def test_test_all_tables_csv_and_plot(trained, tmp_path, capsys):
     assert (tmp_path / "accuracy_vs_prior.png").stat().st_size > 1000
 
 
+def test_test_all_console_shows_all_by_default_and_the_groups_on_request(trained, tmp_path, capsys):
+    dirs = run_dirs(trained)
+    argv = ["-r", str(dirs[0]), str(dirs[1]), "-d", "cpu", "--out", str(tmp_path)]
+    assert priors_main(["forward5", "uniform", "backward5"], argv) == 0
+    narrow = capsys.readouterr().out
+    assert "many" not in narrow and max(len(line) for line in narrow.splitlines()) < 120
+    assert "many" in (tmp_path / "results.md").read_text()  # the files keep every group
+    assert priors_main(["forward5", "uniform", "backward5"], [*argv, "--groups"]) == 0
+    assert "many" in capsys.readouterr().out
+
+
 def test_evaluation_matches_training_validation(trained, capsys):
     """test.py on the last checkpoint reproduces the accuracy logged after the last epoch."""
     run = run_dirs(trained)[0]
