@@ -32,9 +32,12 @@ fmnist-data:
 	  || echo "apt-get failed: train.py will try torchvision's download into data/fashion_mnist"; \
 	fi
 
+# the demo evaluates exactly the run it trained (its own folder), never "the newest folder"
+DEMO_RUN := saved/fmnist_ir100_balpoe/seed$(SEED)-demo-$(shell date +%Y%m%d-%H%M%S)
+
 demo: setup fmnist-data
-	$(PY) train.py -c configs/fmnist_ir100/balpoe.json --seed $(SEED)
-	$(PY) test_all_cifar.py -r $$(ls -td saved/fmnist_ir100_balpoe/seed$(SEED)-*/ | head -1) --posthoc_bias_correction --out results/demo
+	$(PY) train.py -c configs/fmnist_ir100/balpoe.json --seed $(SEED) --run_dir $(DEMO_RUN)
+	$(PY) test_all_cifar.py -r $(DEMO_RUN) --posthoc_bias_correction --groups --out results/demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_experts", type=positive_int, help="overrides arch.args.num_experts")
     p.add_argument("--data_dir", help="overrides data_loader.args.data_dir")
     p.add_argument("--save_dir", help="overrides trainer.save_dir (runs go to <save_dir>/<name>/seed<S>-<time>/)")
+    p.add_argument("--run_dir", help="train into exactly this folder instead of <save_dir>/<name>/seed<S>-<time>/ "
+                                     "(for scripts that evaluate the run they trained)")
     p.add_argument("--name", help="run name (default: the config's name, plus a suffix naming the overrides that change "
                                   "the training, e.g. cifar100_ir100_ce-num_experts7-lr0.05)")
     add_set_argument(p)
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if nproc > 1:
         return launch_processes(argv, nproc)
     result = train(config, args.device, args.resume, resume_state, args.limit_batches, args.limit_val_batches,
-                   args.quiet, threads=args.threads)
+                   args.quiet, threads=args.threads, run_dir=args.run_dir)
     return 130 if result.interrupted else 0
 
 

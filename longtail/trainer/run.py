@@ -111,13 +111,15 @@ def train(config: dict[str, Any], device: str | torch.device | None = None, resu
           resume_state: dict[str, Any] | None = None, limit_batches: int | None = None,
           limit_val_batches: int | None = None, quiet: bool = False,
           callbacks: Sequence[Callable[[Any, int, int], None]] = (),
-          on_run_dir: Callable[[Path], None] | None = None, threads: int | None = None) -> RunResult:
+          on_run_dir: Callable[[Path], None] | None = None, threads: int | None = None,
+          run_dir: str | Path | None = None) -> RunResult:
     """Run the stage of a resolved ``config`` in a new run directory (or continue ``resume``'s run).
 
     Everything is validated and built (data, model, earlier stages' weights) before the run directory is created,
     so a run that cannot start leaves nothing behind. ``on_run_dir`` is told the run directory as soon as it exists
     (pipelines record it, so an interrupted stage is resumed rather than restarted). ``threads``: CPU intra-op
-    threads (default: chosen from the usable cores and the machine's load, utils.device.choose_threads).
+    threads (default: chosen from the usable cores and the machine's load, utils.device.choose_threads). ``run_dir``:
+    this exact folder instead of ``<save_dir>/<name>/seed<S>-<time>/`` (scripts that evaluate what they trained).
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
     threads_line = set_threads(threads)
@@ -128,15 +130,21 @@ def train(config: dict[str, Any], device: str | torch.device | None = None, resu
     check_run_inputs(config, resuming=resume is not None)
     if resume is None:
         check_save_dir(config)
+        if run_dir is not None and (Path(run_dir) / "last.pth").exists():
+            raise ConfigError(f"--run_dir {run_dir} already holds a run (last.pth); resume it with -r "
+                              f"{Path(run_dir) / 'last.pth'} or choose another folder")
     ctx, device = init_distributed(device)  # torchrun: join the process group
     try:
         stage = stage_class(config)(config, device, None, resume_state, limit_batches, quiet or not ctx.is_primary,
                                     callbacks, dist=ctx, limit_val_batches=limit_val_batches)
-        run_dir, stale = None, []
+        target, run_dir, stale = run_dir, None, []
         if ctx.is_primary:  # only rank 0 writes files
             if resume is not None:
                 run_dir = Path(resume).resolve().parent
                 stale = remove_stale_temp_files(run_dir)
+            elif target is not None:
+                run_dir = Path(target)
+                run_dir.mkdir(parents=True, exist_ok=True)
             else:
                 run_dir = make_run_dir(config["trainer"]["save_dir"], config["name"], config["seed"])
             write_run_config(run_dir, config)

@@ -61,3 +61,12 @@ def test_results_keep_the_protocols_prior_order(cifar10_dir, tmp_path):
     results = longtail.evaluate(run, priors=["forward50", "forward2", "uniform", "backward2", "backward10"])
     table = results.pivot_table(index="run", columns="prior", values="all", observed=True)
     assert list(table.columns) == ["forward50", "forward2", "uniform", "backward2", "backward10"]  # not alphabetical
+
+
+def test_run_dir_trains_into_that_exact_folder(cifar10_dir, tmp_path, capsys):
+    path = write_config(tmp_path / "c.json", tiny_config(cifar10_dir, tmp_path / "saved", epochs=1))
+    argv = ["-c", str(path), "-d", "cpu", "--quiet", "--limit_batches", "1", "--limit_val_batches", "1"]
+    assert train_main([*argv, "--run_dir", str(tmp_path / "here")]) == 0
+    assert (tmp_path / "here" / "last.pth").is_file() and not (tmp_path / "saved").exists()
+    assert train_main([*argv, "--run_dir", str(tmp_path / "here")]) == 2  # never over an existing run
+    assert "already holds a run" in capsys.readouterr().err
