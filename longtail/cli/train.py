@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -13,7 +14,8 @@ from longtail.cli.common import (add_method_flags, add_set_argument, method_flag
                           set_overrides)
 from longtail.trainer.run import config_for_run, dry_run_summary, train
 from longtail.trainer.distributed import context_from_env, free_port, processes_to_start, worker_environment
-from longtail.utils.config import SHORTCUT_KEYS, load_config, with_run_name
+from longtail.utils.config import (SHORTCUT_KEYS, config_leaves, config_sources, explain_key, load_config,
+                                   with_run_name)
 from longtail.utils.device import resolve_device
 
 
@@ -37,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "the training, e.g. cifar100_ir100_ce-num_experts7-lr0.05)")
     add_set_argument(p)
     p.add_argument("--dry_run", action="store_true", help="build everything, print data/model summary and exit")
+    p.add_argument("--print_config", action="store_true",
+                   help="print the fully resolved config (every default filled in, derived values resolved) and exit")
+    p.add_argument("--explain", metavar="KEY", help="say which file or override set KEY (e.g. "
+                   "data_loader.args.batch_size) and its resolved value, then exit")
     p.add_argument("--limit_batches", type=positive_int, help="cap the training batches per epoch (smoke runs)")
     p.add_argument("--limit_val_batches", type=positive_int, help="cap the validation batches (smoke runs)")
     p.add_argument("--threads", type=positive_int, help="CPU threads of this process (default: the usable cores minus "
@@ -67,6 +73,18 @@ def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if raw is not None and not args.resume:
         pairs = with_run_name(raw, pairs, args.name)
     config, resume_state = config_for_run(raw, args.resume, pairs)
+    if args.print_config:
+        print(json.dumps(config, indent=2))
+        return 0
+    if args.explain:
+        sources: dict[str, list[tuple[str, Any]]] = {}
+        if args.resume:  # the checkpoint's own config first; a -c file then replaces whole top-level sections
+            for key, value in config_leaves(resume_state["config"]):
+                sources[key] = [(f"{args.resume} (its stored config)", value)]
+        for key, entries in (config_sources(args.config) if args.config else {}).items():
+            sources[key] = sources.get(key, []) + entries
+        print(explain_key(args.explain, config, sources, pairs))
+        return 0
     if args.dry_run:
         if context_from_env().is_primary:
             print(dry_run_summary(config, resolve_device(args.device)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -310,3 +311,55 @@ def with_run_name(raw: dict[str, Any], pairs: Sequence[tuple[str, Any]], name: s
     if any(key == "name" for key, _ in pairs):
         return pairs
     return pairs + [("name", f"{raw.get('name', 'run')}{run_name_suffix(pairs)}")]
+
+
+def config_leaves(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a nested dict (an empty dict is a leaf)."""
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            if key in (BASE_KEY, DELETE_KEY):
+                continue
+            yield from config_leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, node
+
+
+def config_sources(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, list[tuple[str, Any]]]:
+    """For every dotted key, the files that set it, in the order they apply (bases first), with their values: what
+    ``train.py --explain KEY`` reports."""
+    path = find_shipped(path, "configs") if not _chain else Path(path)
+    own = load_json(path)
+    bases = own.get(BASE_KEY, [])
+    sources: dict[str, list[tuple[str, Any]]] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        for key, entries in config_sources(path.parent / base, (*_chain, path.resolve())).items():
+            sources.setdefault(key, []).extend(entries)
+    for key, value in config_leaves(own):
+        sources.setdefault(key, []).append((os.path.normpath(path), value))
+    return sources
+
+
+def explain_key(key: str, resolved: dict[str, Any], sources: dict[str, list[tuple[str, Any]]],
+                overrides: Sequence[tuple[str, Any]] = ()) -> str:
+    """Which file or command-line override set ``key`` (or an object above or below it), and its resolved value."""
+    lines = []
+    for origin, value in sources.get(key, []):
+        lines.append(f"  {origin}: {json.dumps(value)}")
+    for parent in (".".join(key.split(".")[:i]) for i in range(1, key.count(".") + 1)):
+        for origin, value in sources.get(parent, []):
+            lines.append(f"  {origin}: sets the whole '{parent}' to {json.dumps(value)}")
+    children = sorted(k for k in sources if k.startswith(key + "."))
+    for child in children:
+        lines.append(f"  {sources[child][-1][0]}: {child} = {json.dumps(sources[child][-1][1])}")
+    for dotted, value in overrides:
+        if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
+            lines.append(f"  command line: {dotted} = {json.dumps(value)}")
+    value = get_by_path(resolved, key, default=_MISSING)
+    if value is _MISSING:
+        raise ConfigError(f"'{key}' is not a key of the resolved config (top-level keys: {', '.join(resolved)})")
+    if not lines:
+        lines.append("  not set by any file or override: a default filled in when the config is resolved")
+    return f"{key} = {json.dumps(value)}\n" + "\n".join(lines)
+
+
+_MISSING = object()

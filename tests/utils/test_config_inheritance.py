@@ -120,3 +120,21 @@ def test_every_shipped_config_resolves_as_before_the_inheritance_move():
         if differences:
             problems[name] = differences
     assert not problems, problems
+
+
+def test_print_config_and_explain_say_what_is_resolved_and_who_set_it(capsys):
+    from longtail.cli.train import main as train_main
+
+    assert train_main(["-c", "configs/fmnist_ir100/balpoe.json", "--print_config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["trainer"]["amp"] == "off" and printed["evaluation"]["source_prior"] == "uniform"  # defaults
+    assert printed["loss"]["args"]["tau_list"] == [0.0, 1.0, 2.0]
+    assert train_main(["-c", "configs/fmnist_ir100/balpoe.json", "--batch_size", "64",
+                       "--explain", "data_loader.args.batch_size"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "data_loader.args.batch_size = 64"
+    assert lines[1].endswith("configs/_base_/datasets/fmnist_lt.json: 128")  # the base file that set it first
+    assert lines[2] == "  command line: data_loader.args.batch_size = 64"
+    assert train_main(["-c", "configs/fmnist_ir100/balpoe.json", "--explain", "trainer.amp"]) == 0
+    assert "a default filled in" in capsys.readouterr().out
+    assert train_main(["-c", "configs/fmnist_ir100/balpoe.json", "--explain", "trainer.ampp"]) == 2
