@@ -22,16 +22,24 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
+from longtail.core.build import build_without_data, resolve
 from longtail.core.logits import collect_logits
 from longtail.data_loader.factory import build_eval_loader
-from longtail.evaluation.runner import (EvalOptions, LoadedRun, evaluate_priors, evaluate_uniform, load_run,
-                                        read_checkpoint_file)
+from longtail.evaluation.runner import (
+    EvalOptions,
+    LoadedRun,
+    evaluate_priors,
+    evaluate_uniform,
+    load_run,
+    read_checkpoint_file,
+)
 from longtail.pipeline import evaluate_pipeline, load_pipeline, parse_seeds, run_pipeline
-from longtail.core.build import build_without_data, resolve
+from longtail.registry import cli_flags
 from longtail.trainer.run import RunResult
 from longtail.trainer.run import train as train_run
-from longtail.registry import cli_flags
-from longtail.utils.config import SHORTCUT_KEYS, apply_overrides, load_config as read_config, with_run_name
+from longtail.utils.config import SHORTCUT_KEYS, apply_overrides, with_run_name
+from longtail.utils.config import load_config as read_config
+from longtail.utils.defaults import SAVE_DIR
 from longtail.utils.device import resolve_device
 
 __all__ = ["load_config", "build", "train", "evaluate", "load", "predict", "pipeline", "RunResult", "LoadedRun",
@@ -134,7 +142,7 @@ def predict(run: LoadedRun | RunResult | str | Path, split: str = "test", device
 
 
 def pipeline(path: str | Path, seeds: str | int | Sequence[int] = 1, device: str | None = None,
-             save_dir: str | Path = "saved", overrides: dict[str, Any] | None = None,
+             save_dir: str | Path = SAVE_DIR, overrides: dict[str, Any] | None = None,
              evaluate: bool = False) -> dict[int, dict[str, Path]] | pd.DataFrame:
     """Run a pipeline file for the given seeds ('1-5'); with ``evaluate=True`` return its evaluation table."""
     spec = load_pipeline(path)

@@ -18,10 +18,11 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from longtail.evaluation.runner import EvalOptions, evaluate_priors, evaluate_uniform
 from longtail.core.build import resolve
+from longtail.evaluation.runner import EvalOptions, evaluate_priors, evaluate_uniform
 from longtail.trainer.run import RunResult, config_for_run, train
 from longtail.utils.config import apply_overrides, load_config, load_json
+from longtail.utils.defaults import SAVE_DIR
 from longtail.utils.errors import ConfigError
 from longtail.utils.tables import write_csv
 
@@ -171,7 +172,7 @@ def stage_config(stage: Stage, seed: int, state: SeedState, overrides: Sequence[
     return resolve(apply_overrides(load_config(stage.config), [*pairs, *stage_overrides(stage, overrides)]))
 
 
-def run_pipeline(pipeline: Pipeline, seeds: Sequence[int], device: str | None = None, save_dir: str | Path = "saved",
+def run_pipeline(pipeline: Pipeline, seeds: Sequence[int], device: str | None = None, save_dir: str | Path = SAVE_DIR,
                  overrides: Sequence[tuple[str, Any]] = (), quiet: bool = True, log: Callable[[str], None] = print,
                  **train_options: Any) -> dict[int, dict[str, Path]]:
     """Train every stage for every seed (finished stages are skipped, interrupted ones resumed); returns the run
@@ -208,7 +209,7 @@ def run_pipeline(pipeline: Pipeline, seeds: Sequence[int], device: str | None = 
 
 
 def evaluate_pipeline(pipeline: Pipeline, seeds: Sequence[int], device: str | None = None,
-                      save_dir: str | Path = "saved") -> pd.DataFrame:
+                      save_dir: str | Path = SAVE_DIR) -> pd.DataFrame:
     """Evaluate the stages listed in the pipeline's ``evaluate`` entries over the seeds' runs into one tidy table
     (``evaluation`` column: ``test`` for the uniform report, ``test_all`` for the test priors), written to
     ``<save_dir>/pipelines/<name>/results.csv``."""

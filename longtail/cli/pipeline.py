@@ -10,8 +10,9 @@ import argparse
 import sys
 from typing import Sequence
 
-from longtail.pipeline import evaluate_pipeline, load_pipeline, parse_seeds, run_pipeline, state_folder
 from longtail.cli.common import add_set_argument, positive_int, run_tool, set_overrides
+from longtail.pipeline import evaluate_pipeline, load_pipeline, parse_seeds, run_pipeline, state_folder
+from longtail.utils.defaults import SAVE_DIR
 from longtail.utils.tables import paper_table, to_text
 
 
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline", help="pipeline file, e.g. configs/pipelines/fmnist_ir100_single_stage.json")
     p.add_argument("--seeds", default="1", help="seeds: 1-5, 1,3,7 or a single number (default 1)")
     p.add_argument("-d", "--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--save_dir", default="saved", help="runs and the pipeline state go here (default saved)")
+    p.add_argument("--save_dir", default=SAVE_DIR, help=f"runs and the pipeline state go here (default {SAVE_DIR})")
     p.add_argument("--data_dir", help="data directory for every stage (data_loader.args.data_dir)")
     p.add_argument("--evaluate", action="store_true", help="afterwards, evaluate the stages listed in the pipeline into "
                                                            "<save_dir>/pipelines/<name>/results.csv")

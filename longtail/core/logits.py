@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from longtail.data_loader.loader import BatchLoader
+from longtail.utils.defaults import FEW_THRESHOLD, MANY_THRESHOLD
 from longtail.utils.device import autocast_context
 from longtail.utils.metrics import accuracy_report, negative_log_likelihood, shot_masks
 
@@ -40,7 +41,8 @@ def collect_logits(model: nn.Module, loader: BatchLoader, amp: str = "off",
 
 def masks_for(cls_num_list: Sequence[int], evaluation: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Many/medium/few class masks from training counts and the configured thresholds."""
-    return shot_masks(cls_num_list, evaluation.get("many_threshold", 100), evaluation.get("few_threshold", 20))
+    return shot_masks(cls_num_list, evaluation.get("many_threshold", MANY_THRESHOLD),
+                      evaluation.get("few_threshold", FEW_THRESHOLD))
 
 
 def validation_metrics(model: nn.Module, loader: BatchLoader, masks: dict[str, torch.Tensor], amp: str = "off") -> dict[str, float]:

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from longtail.data_loader.datasets import ImageTensorDataset, dataset_info
-from longtail.registry import DATASETS
 from longtail.data_loader.loader import BatchLoader
-from longtail.registry import LOADERS, SAMPLERS
+from longtail.registry import DATASETS, LOADERS, SAMPLERS
+from longtail.utils.defaults import TEST_BATCH_SIZE, TRAIN_BATCH_SIZE
 from longtail.utils.errors import ConfigError, DataNotFoundError
 
 # Keys of data_loader.args that configure the loader rather than the data set itself.
@@ -115,12 +115,12 @@ def build_data(config: dict[str, Any], device: torch.device, train: bool = True,
         train_set = build_dataset(config, "train").to(device)
         augment = build_augment(train_set.loader_kind, loader_args, train_set.image_shape[-1])
         train_loader = LOADERS.build(train_set.loader_kind, "data_loader", dataset=train_set,
-                                     batch_size=per_rank_batch_size(loader_args.get("batch_size", 128), world_size),
+                                     batch_size=per_rank_batch_size(loader_args.get("batch_size", TRAIN_BATCH_SIZE), world_size),
                                      sampler=loader_args.get("sampler", "random"), augment=augment,
                                      drop_last=loader_args.get("drop_last", False), limit_batches=limit_batches,
                                      rank=rank, world_size=world_size, **common)
     test_set = build_dataset(config, "test").to(device)
-    test_batch = int(config.get("evaluation", {}).get("test_batch_size", 512))
+    test_batch = int(config.get("evaluation", {}).get("test_batch_size", TEST_BATCH_SIZE))
     test_loader = LOADERS.build(test_set.loader_kind, "data_loader", dataset=test_set, batch_size=test_batch,
                                 sampler="sequential", augment=None, drop_last=False, limit_batches=limit_val_batches,
                                 **common)
@@ -132,7 +132,7 @@ def build_eval_loader(config: dict[str, Any], split: str, device: torch.device, 
     augmentation: every image once, in data set order (predictions of a split, held-out logits)."""
     _, loader_args = split_loader_args(config["data_loader"])
     dataset = build_dataset(config, split).to(device)
-    batch = int(batch_size or config.get("evaluation", {}).get("test_batch_size", 512))
+    batch = int(batch_size or config.get("evaluation", {}).get("test_batch_size", TEST_BATCH_SIZE))
     return LOADERS.build(dataset.loader_kind, "data_loader", dataset=dataset, batch_size=batch, sampler="sequential",
                          augment=None, drop_last=False, limit_batches=None,
                          channels_last=bool(config.get("trainer", {}).get("channels_last", False)),

@@ -18,8 +18,9 @@ import torch
 
 from longtail.data_loader.datasets import ImageTensorDataset, dataset_info
 from longtail.registry import DATASETS
-from longtail.utils.metrics import group_classes
+from longtail.utils.defaults import FEW_THRESHOLD, MANY_THRESHOLD
 from longtail.utils.errors import ConfigError
+from longtail.utils.metrics import group_classes
 from longtail.utils.seed import Stream, numpy_generator
 
 GROUPS = ("many", "medium", "few")
@@ -101,7 +102,7 @@ def _check(split: str, holdout_fraction: float, group: str | None, open_ratio: f
 @DATASETS.register("subset")
 def subset(split: str = "train", base: dict[str, Any] | None = None, holdout_fraction: float = 0.0,
            holdout_max_per_class: int = 20, group: str | None = None, open_ratio: float = 16.0,
-           test_open_ratio: float = 1.0, many_threshold: int = 100, few_threshold: int = 20,
+           test_open_ratio: float = 1.0, many_threshold: int = MANY_THRESHOLD, few_threshold: int = FEW_THRESHOLD,
            seed: int = 0, data_dir: str | None = None) -> ImageTensorDataset:
     """A held-out part of ``base``'s training split and/or one class group of it with an "other" class.
 
@@ -136,7 +137,7 @@ def subset_info(args: dict[str, Any]) -> dict[str, Any]:
     counts = [n - holdout_count(n, fraction, cap) for n in full]
     group = args.get("group")
     if group is not None:
-        classes = group_classes(full, group, args.get("many_threshold", 100), args.get("few_threshold", 20))
+        classes = group_classes(full, group, args.get("many_threshold", MANY_THRESHOLD), args.get("few_threshold", FEW_THRESHOLD))
         closed = [counts[c] for c in classes]
         others = open_count(sum(closed), sum(counts) - sum(closed), args.get("open_ratio", 16.0))
         counts = closed + [others]

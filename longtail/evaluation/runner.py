@@ -16,22 +16,30 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from longtail.core.build import build_model, input_channels, load_weights, model_from_checkpoint, resolve
+from longtail.core.hooks import procedure_settings
+from longtail.core.logits import collect_logits, masks_for
 from longtail.data_loader.factory import DataBundle, build_data, split_loader_args, training_counts
 from longtail.data_loader.profiles import CIFAR_TEST_PRIORS, DATASET_PRIORS, parse_test_prior
-from longtail.core.hooks import procedure_settings
 from longtail.evaluation.hooks import AggregationContext, ForeignWeights, PosthocContext
-from longtail.registry import CHECKPOINT_READERS, AGGREGATIONS, POSTHOC, REPORTERS
-from longtail.core.logits import collect_logits
-from longtail.core.logits import masks_for
 from longtail.evaluation.report import prior_reports, uniform_report
-from longtail.core.build import build_model, input_channels, load_weights, model_from_checkpoint, resolve
+from longtail.registry import AGGREGATIONS, CHECKPOINT_READERS, POSTHOC, REPORTERS
 from longtail.utils.checkpoint import load_checkpoint, run_status
 from longtail.utils.config import apply_overrides, config_stem, load_config
+from longtail.utils.defaults import RESULTS_DIR
 from longtail.utils.device import resolve_device
 from longtail.utils.errors import CheckpointError
-from longtail.utils.tables import (GROUPS, PaperTable, paper_table, plot_priors, to_latex, to_markdown, to_text, wide_view,
-                          write_csv)
-
+from longtail.utils.tables import (
+    GROUPS,
+    PaperTable,
+    paper_table,
+    plot_priors,
+    to_latex,
+    to_markdown,
+    to_text,
+    wide_view,
+    write_csv,
+)
 
 
 @dataclass
@@ -238,7 +246,7 @@ def _out_dir(options: EvalOptions, runs: Sequence[LoadedRun], script: str) -> Pa
     if options.out:
         return Path(options.out)
     if len(runs) > 1 and options.auto_out:
-        return Path("results") / f"{config_stem(runs[0].config['name'])}-{script}-{datetime.now():%Y%m%d-%H%M%S}"
+        return Path(RESULTS_DIR) / f"{config_stem(runs[0].config['name'])}-{script}-{datetime.now():%Y%m%d-%H%M%S}"
     return None
 
 

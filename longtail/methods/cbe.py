@@ -22,18 +22,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from longtail.data_loader.datasets import ImageTensorDataset
-from longtail.registry import DATASETS
-from longtail.data_loader.factory import build_data, build_dataset, split_loader_args
-from longtail.data_loader.loader import BatchLoader
-from longtail.core.logits import masks_for, validation_metrics
-from longtail.model.losses.base import at_least_fp32
-from longtail.registry import MODELS
 from longtail.core.build import build_criterion, build_model, build_optimizer, build_scheduler, load_weights
 from longtail.core.hooks import Section
-from longtail.registry import SECTIONS, STAGES
+from longtail.core.logits import masks_for, validation_metrics
+from longtail.data_loader.datasets import ImageTensorDataset
+from longtail.data_loader.factory import build_data, build_dataset, split_loader_args
+from longtail.data_loader.loader import BatchLoader
+from longtail.model.losses.base import at_least_fp32
+from longtail.registry import DATASETS, MODELS, SECTIONS, STAGES
 from longtail.trainer.stages import Stage, StopRequest
 from longtail.utils.checkpoint import load_checkpoint
+from longtail.utils.defaults import CACHED_BATCH_SIZE, FEW_THRESHOLD, MANY_THRESHOLD
 from longtail.utils.errors import CheckpointError, ConfigError
 from longtail.utils.metrics import group_classes
 from longtail.utils.seed import Stream, torch_generator
@@ -128,7 +127,7 @@ class ClassBalancedExperts(nn.Module):
 @MODELS.register("class_balanced_experts")
 def class_balanced_experts(num_classes: int, in_channels: int = 3, cls_num_list: list[int] | None = None,
                            expert_arch: dict[str, Any] | None = None, groups: list[str] = ("many", "medium", "few"),  # type: ignore[assignment]
-                           many_threshold: int = 100, few_threshold: int = 20) -> ClassBalancedExperts:
+                           many_threshold: int = MANY_THRESHOLD, few_threshold: int = FEW_THRESHOLD) -> ClassBalancedExperts:
     """One ``expert_arch`` network per class group (k_e + 1 outputs, "other" last) + joint calibration.
 
     The groups come from the training counts with the evaluation rule (many: n > many_threshold, few:
@@ -297,7 +296,7 @@ class CalibrationStage(Stage):
         self.criterion = build_criterion(config, held.cls_num_list, 1).to(device)
         self.optimizer = build_optimizer(config, self.model)
         self.scheduler = build_scheduler(config, self.optimizer)
-        self.batch_size = int(split_loader_args(config["data_loader"])[1].get("batch_size", 256))
+        self.batch_size = int(split_loader_args(config["data_loader"])[1].get("batch_size", CACHED_BATCH_SIZE))
         if self.resume_state is not None:
             self.restore(self.resume_state)
 

@@ -11,15 +11,16 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from longtail.data_loader.factory import build_data
-from longtail.core.cost import expert_cost, is_multi_expert
-from longtail.core.logits import masks_for
 from longtail.core.build import build_model, build_without_data, checkpoint_path, resolve, stage_class
+from longtail.core.cost import expert_cost, is_multi_expert
 from longtail.core.hooks import build_sections
+from longtail.core.logits import masks_for
+from longtail.data_loader.factory import build_data
 from longtail.trainer.distributed import init_distributed, shutdown_distributed
 from longtail.trainer.stages import make_run_dir, write_run_config
 from longtail.utils.checkpoint import load_checkpoint, remove_stale_temp_files
 from longtail.utils.config import apply_overrides
+from longtail.utils.defaults import TRAIN_BATCH_SIZE
 from longtail.utils.device import resolve_device, set_threads
 from longtail.utils.errors import CheckpointError, ConfigError
 from longtail.utils.flops import count_macs, count_parameters
@@ -159,7 +160,7 @@ def train(config: dict[str, Any], device: str | torch.device | None = None, resu
             stage.logger.info(f"smoke run: at most {limit_batches or 'all'} training / {limit_val_batches or 'all'} "
                               "validation batches per epoch (kept when resumed)")
         if ctx.is_distributed:
-            batch = config["data_loader"]["args"].get("batch_size", 128)
+            batch = config["data_loader"]["args"].get("batch_size", TRAIN_BATCH_SIZE)
             stage.logger.info(f"DDP: {ctx.world_size} processes x {stage.data.train_loader.batch_size} images = "
                               f"global batch {batch} at lr {config['optimizer']['args'].get('lr')}")
         metrics = stage.fit()

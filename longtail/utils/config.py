@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from longtail.utils.defaults import FEW_THRESHOLD, MANY_THRESHOLD, SAVE_DIR, TEST_BATCH_SIZE
 from longtail.utils.errors import ConfigError
 from longtail.utils.resources import find_shipped
 
@@ -32,7 +33,7 @@ SHORTCUT_KEYS = {
 # Trainer options with their defaults; every speed switch lives here or in arch.args.
 TRAINER_DEFAULTS: dict[str, Any] = {
     "epochs": 1,
-    "save_dir": "saved",
+    "save_dir": SAVE_DIR,
     "save_period": 0,          # 0: only last.pth (and best.pth when monitoring)
     "val_period": 0,           # validate every N epochs (and after the last); 0: only after the last
     "monitor": "off",          # "max val_accuracy" writes best.pth; off by default (no test-set selection)
@@ -47,9 +48,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "parallel": "ddp",         # n_gpu > 1 GPUs: ddp (train.py starts one process per GPU) | data_parallel
 }
 EVALUATION_DEFAULTS: dict[str, Any] = {
-    "many_threshold": 100,     # many-shot: n_c > many_threshold
-    "few_threshold": 20,       # few-shot: n_c < few_threshold
-    "test_batch_size": 512,
+    "many_threshold": MANY_THRESHOLD,  # many-shot: n_c > many_threshold
+    "few_threshold": FEW_THRESHOLD,    # few-shot: n_c < few_threshold
+    "test_batch_size": TEST_BATCH_SIZE,
     "source_prior": "uniform",  # prior the model's posteriors assume (EM test-prior estimation): uniform | train | train^g
     "test_time": {},           # settings of the test-time procedure (e.g. SADE's aggregation, methods/sade.py)
 }

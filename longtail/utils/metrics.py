@@ -8,8 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from longtail.utils.defaults import FEW_THRESHOLD, MANY_THRESHOLD
 
-def shot_masks(cls_num_list: Sequence[int], many_threshold: int = 100, few_threshold: int = 20) -> dict[str, torch.Tensor]:
+
+def shot_masks(cls_num_list: Sequence[int], many_threshold: int = MANY_THRESHOLD,
+               few_threshold: int = FEW_THRESHOLD) -> dict[str, torch.Tensor]:
     """Boolean class masks from training counts: many n>many_threshold, few n<few_threshold, medium otherwise."""
     counts = torch.as_tensor(list(cls_num_list))
     many = counts > many_threshold
@@ -17,7 +20,8 @@ def shot_masks(cls_num_list: Sequence[int], many_threshold: int = 100, few_thres
     return {"many": many, "medium": ~many & ~few, "few": few}
 
 
-def group_classes(cls_num_list: Sequence[int], group: str, many_threshold: int = 100, few_threshold: int = 20) -> list[int]:
+def group_classes(cls_num_list: Sequence[int], group: str, many_threshold: int = MANY_THRESHOLD,
+                  few_threshold: int = FEW_THRESHOLD) -> list[int]:
     """Class indices (ascending) of one shot group ('many', 'medium' or 'few'), by the rule of :func:`shot_masks`."""
     masks = shot_masks(cls_num_list, many_threshold, few_threshold)
     if group not in masks:
