@@ -10,8 +10,12 @@ SEED ?= 1
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the CPU build of the pinned torch/torchvision first
+TORCH_INDEX ?=
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(PY) -m pip install -q --index-url $(TORCH_INDEX) $$(grep -E '^torch(vision)?==' requirements.txt))
 	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)

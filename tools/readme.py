@@ -56,10 +56,14 @@ def refresh(text: str) -> tuple[str, list[str]]:
     return BLOCK.sub(replace, text), stale
 
 
+DOCUMENTS = ["README.md", *sorted(str(p) for p in Path("docs").glob("*.md"))]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of the tool."""
-    p = argparse.ArgumentParser(description="Regenerate or check the README's generated tables.")
-    p.add_argument("files", nargs="*", default=["README.md"])
+    p = argparse.ArgumentParser(description="Regenerate or check the generated tables of the README and docs/.")
+    p.add_argument("files", nargs="*", default=DOCUMENTS, help="Markdown files with generated blocks (default: the README "
+                                                                 "and docs/*.md)")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block is out of date")
     return p
 

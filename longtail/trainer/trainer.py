@@ -358,9 +358,9 @@ class Trainer(Stage):
             line += (f" | val {metrics['val_accuracy']:.2f}% (many {metrics['val_many']:.1f} / medium "
                      f"{metrics['val_medium']:.1f} / few {metrics['val_few']:.1f})").replace("nan", "n/a")
         self.logger.info(line)
-        scalars = {"train/loss": metrics["loss"], "train/accuracy": metrics["accuracy"], "train/lr": metrics["lr"],
-                   "train/images_per_s": metrics["images_per_s"]}
-        scalars.update({f"train/{k}": v for k, v in metrics.items() if k.startswith("loss_expert")})
-        scalars.update({f"val/{k[4:]}": v for k, v in metrics.items() if k.startswith("val_") and not math.isnan(v)})
+        # every epoch metric: train/<name> (loss, accuracy, lr, images_per_s, loss_expert<i>, sections' metrics such
+        # as grad_norm) and val/<name> (accuracy, many, medium, few, loss)
+        scalars = {(f"val/{k[4:]}" if k.startswith("val_") else f"train/{k}"): v for k, v in metrics.items()
+                   if k not in ("epoch", "epoch_time_s") and isinstance(v, (int, float)) and not math.isnan(v)}
         writer.add_scalars(scalars, metrics["epoch"])
 

@@ -14,10 +14,15 @@ from tools.benchmark import schedule_estimate
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_readme_generated_blocks_are_current(capsys):
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_generated_blocks_of_the_readme_and_docs_are_current(capsys, monkeypatch):
     """Every table between '<!-- generated: CMD -->' markers equals what CMD prints now (run python -m tools.readme)."""
-    assert readme.main(["--check", str(ROOT / "README.md")]) == 0, capsys.readouterr().out
-    assert (ROOT / "README.md").read_text().count("<!-- generated: python -m ") >= 4
+    monkeypatch.chdir(ROOT)
+    assert readme.main(["--check", *map(str, DOCUMENTS)]) == 0, capsys.readouterr().out
+    assert sum(p.read_text().count("<!-- generated: python -m ") for p in DOCUMENTS) >= 4
+    assert "<!-- generated: python -m tools.leaderboard -->" in (ROOT / "docs" / "leaderboard.md").read_text()
 
 
 def test_stale_blocks_are_found_and_regenerated(tmp_path, capsys):
