@@ -1,7 +1,7 @@
 """Parity with BalPoE's expert loss and its mixup combiner (emasa/BalPoE-CalibratedLT).
 
-Fixture ``fixtures/balpoe.json`` was computed by ``/work/parity/harness/gen_balpoe.py`` in a scratch checkout of
-emasa/BalPoE-CalibratedLT:
+Fixture ``fixtures/balpoe.json`` is written by ``tests/parity/generators/gen_balpoe.py`` (pinned commit and how to
+rerun it: ``tests/parity/generators/README.md``) in a scratch checkout of emasa/BalPoE-CalibratedLT:
 
 * ``loss`` / ``per_expert``: ``model/loss.py`` ``BSExpertLoss(cls_num_list=CLS, tau_list=[0, 1.0, 2.0])`` (the loss
   and taus of ``configs/mixup/standard_training/config_cifar100_ir100_bs-experts.json``) called as the trainer

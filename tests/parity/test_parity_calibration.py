@@ -1,7 +1,7 @@
 """Parity with BalPoE's calibration metrics (emasa/BalPoE-CalibratedLT ``utils/calibration_metrics.py``).
 
-Fixture ``fixtures/calibration.json`` was computed by ``/work/parity/harness/gen_calibration.py`` in a scratch
-checkout (scipy installed into a scratch folder for the module's ``scipy.special.softmax``):
+Fixture ``fixtures/calibration.json`` is written by ``tests/parity/generators/gen_calibration.py`` in a scratch
+checkout at the pinned commit (scipy installed into a scratch folder for the module's ``scipy.special.softmax``):
 ``ECELoss().loss(values, labels, n_bins=15, logits=...)`` and ``MCELoss().loss(...)``, plus the per-bin arrays
 ``bin_prop`` / ``bin_acc`` / ``bin_conf`` the ECE object keeps (fractions, not percent). Cases:
 

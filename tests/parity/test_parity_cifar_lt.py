@@ -1,8 +1,8 @@
 """Parity with the reference CIFAR-LT construction (IMBALANCECIFAR10 / IMBALANCECIFAR100).
 
-Fixture ``fixtures/cifar_lt.json`` was computed in a scratch checkout of emasa/BalPoE-CalibratedLT (HEAD of the
-stored snapshot; SADE's and RIDE's ``data_loader/imbalance_cifar.py`` behave identically) by
-``/work/parity/harness/gen_cifar_lt.py``: ``.cuda`` and torchvision's CIFAR integrity check patched out, then
+Fixture ``fixtures/cifar_lt.json`` is written by ``tests/parity/generators/gen_cifar_lt.py`` in a scratch checkout of
+emasa/BalPoE-CalibratedLT at the pinned commit (SADE's and RIDE's ``data_loader/imbalance_cifar.py`` behave
+identically): ``.cuda`` and torchvision's CIFAR integrity check patched out, then
 
 * ``counts``: ``IMBALANCECIFAR10/100.get_img_num_per_cls(<object with 50,000 images>, C, imb_type, imb_factor,
   reverse)`` for imb_factor 0.01 / 0.02 / 0.1, imb_type exp / step / other ("none"), reverse False / True;

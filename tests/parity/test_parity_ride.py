@@ -1,6 +1,6 @@
 """Parity with RIDE's losses (frank-xwang/RIDE-LongTailRecognition ``model/loss.py``).
 
-Fixture ``fixtures/ride.json`` was computed by ``/work/parity/harness/gen_ride.py`` in scratch checkouts on CPU
+Fixture ``fixtures/ride.json`` is written by ``tests/parity/generators/gen_ride.py`` in scratch checkouts on CPU
 (``.cuda`` patched to a no-op): fixed (12, 3, 10) expert logits in [-30, 30], a (12, 10) teacher output and a
 10-class IR-100 profile; every loss was built with ``cls_num_list`` and the arguments of the RIDE repo's
 ``configs/config_imbalance_cifar100_ride.json`` (max_m 0.5, s 30, reweight true, reweight_epoch 160,

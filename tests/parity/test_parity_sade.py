@@ -1,6 +1,6 @@
 """Parity with SADE's training loss and its test-time aggregation objective (Vanint/SADE-AgnosticLT).
 
-Fixture ``fixtures/sade.json`` was computed by ``/work/parity/harness/gen_sade.py`` in a scratch checkout of
+Fixture ``fixtures/sade.json`` is written by ``tests/parity/generators/gen_sade.py`` in a scratch checkout of
 Vanint/SADE-AgnosticLT on CPU (``.cuda`` patched to a no-op; torch version recorded in the fixture):
 
 * ``loss``: ``model/loss.py`` ``DiverseExpertLoss(cls_num_list=CLS, tau=2)`` called as the trainer does,

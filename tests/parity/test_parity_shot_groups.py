@@ -1,6 +1,6 @@
 """Parity with the reference many / medium / few-shot groups and group accuracies.
 
-Fixture ``fixtures/shot_groups.json`` was computed by ``/work/parity/harness/gen_shots.py`` in scratch checkouts:
+Fixture ``fixtures/shot_groups.json`` is written by ``tests/parity/generators/gen_shots.py`` in scratch checkouts:
 
 * ``masks``: the three ``many_shot = ...`` / ``medium_shot = ...`` / ``few_shot = ...`` lines of emasa/BalPoE-CalibratedLT
   ``test.py`` and ``test_all_cifar.py``, Vanint/SADE-AgnosticLT ``test.py`` and frank-xwang/RIDE-LongTailRecognition

@@ -1,6 +1,6 @@
 """Parity with the reference shifted CIFAR-100 test sets (forward50 .. backward50).
 
-Fixture ``fixtures/test_priors.json`` was computed by ``/work/parity/harness/gen_test_priors.py`` in scratch
+Fixture ``fixtures/test_priors.json`` is written by ``tests/parity/generators/gen_test_priors.py`` in scratch
 checkouts of the reference repositories (``.cuda`` and torchvision's CIFAR integrity check patched out) on a fake
 CIFAR-100 whose TEST split has 100 images per class with labels ``RandomState(21).permutation(repeat(arange(100),
 100))`` and whose images store their own index in their first two bytes:
