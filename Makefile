@@ -41,7 +41,7 @@ DEMO_RUN := saved/fmnist_ir100_balpoe/seed$(SEED)-demo-$(shell date +%Y%m%d-%H%M
 
 demo: setup fmnist-data
 	$(PY) train.py -c configs/fmnist_ir100/balpoe.json --seed $(SEED) --run_dir $(DEMO_RUN)
-	$(PY) test_all_cifar.py -r $(DEMO_RUN) --posthoc_bias_correction --groups --out results/demo
+	$(PY) test_all_cifar.py -r $(DEMO_RUN) --posthoc_bias_correction --out results/demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache
