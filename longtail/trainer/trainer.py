@@ -201,7 +201,8 @@ class Trainer(Stage):
             if self._stop_requested(step, log_every):
                 bar.close()
                 path = self.save("last.pth", epoch - 1, step + 1)
-                self.logger.info(f"interrupted at epoch {epoch} step {step + 1}/{total_steps}; saved {path}. "
+                self.logger.info(f"interrupted ({', '.join(self.stop.received) or 'stop requested'}) at epoch {epoch} "
+                                 f"step {step + 1}/{total_steps}; saved {path}. "
                                  f"Resume with: python train.py -r {path}")
                 return None
         bar.close()
