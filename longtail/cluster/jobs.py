@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+from submitit.core.job_environment import SignalHandler
 
 from longtail.cluster.sweep import Job, Sweep, job_graph, read_sweep, stage_of
 from longtail.pipeline import SeedState, evaluate_pipeline, run_stage
@@ -123,9 +124,10 @@ def requeue_through_submitit() -> None:
     """After the run saved on a stop signal: hand over to submitit's handler of the preemption signal, now restored
     (it checkpoints the submission, requeues the job with ``scontrol requeue`` and exits). Outside submitit, or on a
     rank other than 0 (submitit requeues from rank 0 only), nothing happens."""
-    handler = signal.getsignal(submitit.JobEnvironment._usr_sig())
-    if callable(handler) and getattr(handler, "__name__", "") == "checkpoint_and_try_requeue":
-        handler(submitit.JobEnvironment._usr_sig(), None)
+    preemption_signal = submitit.JobEnvironment._usr_sig()
+    handler = signal.getsignal(preemption_signal)
+    if isinstance(getattr(handler, "__self__", None), SignalHandler) and handler.__name__ == "checkpoint_and_try_requeue":
+        handler(preemption_signal, None)
 
 
 def main_job(sweep_folder: str, key: str, threads: int | None = None) -> int:

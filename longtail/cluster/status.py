@@ -39,6 +39,13 @@ def job_logs(sweep: Sweep, key: str) -> list[Path]:
     return [p for p in logs if p.is_file()]
 
 
+def job_output(sweep: Sweep, key: str, failed: bool) -> str:
+    """The last line of the job's own output: its error stream first for a failed job, its standard output first
+    for the others."""
+    logs = sorted(job_logs(sweep, key), key=lambda p: p.suffix == (".out" if failed else ".err"))
+    return next((line for line in map(last_line, logs) if line), "")
+
+
 def train_log(sweep: Sweep, key: str) -> Path | None:
     """The train.log of a stage job's run directory (recorded in the variant's seed state)."""
     variant, _, rest = key.partition("/")
@@ -58,9 +65,9 @@ def status_frame(sweep: Sweep) -> pd.DataFrame:
     for key in keys:
         record, state = read_record(sweep.folder, key), states[key]
         if state.startswith(("failed", "cancelled")):
-            line = record.get("error") or next((last_line(p) for p in job_logs(sweep, key) if last_line(p)), "")
+            line = record.get("error") or job_output(sweep, key, failed=True)
         else:
-            line = last_line(train_log(sweep, key)) or next((last_line(p) for p in job_logs(sweep, key)), "")
+            line = last_line(train_log(sweep, key)) or job_output(sweep, key, failed=False)
         rows.append({"job": key, "state": state, "slurm_id": ids.get(key, ""), "last line": line})
     return pd.DataFrame(rows)
 

@@ -8,7 +8,8 @@ graph of jobs (one per stage of each seed, one evaluation per grid point) that a
      "set": {"trainer.epochs": 50},                          # every stage of every run
      "resources": {"gpus_per_node": 1, "cpus_per_task": 8, "timeout_min": 600, "partition": "gpu"},
      "train": {"device": "cuda", "limit_batches": null},
-     "table": {"priors": ["forward50", "uniform", "backward50"], "metrics": ["all"]}}
+     "table": {"priors": ["forward50", "uniform", "backward50"], "metrics": ["all"]},
+     "evaluate": true}                                       # false: train only (no evaluation jobs, no table)
 
 Paths are relative to the sweep file (or shipped configs). Each grid point is a *variant*: a pipeline (a config is a
 one-stage pipeline) with its overrides; its per-seed state (the exact run directory of every stage, as
@@ -30,7 +31,7 @@ from longtail.utils.config import apply_overrides, load_config
 from longtail.utils.errors import ConfigError
 from longtail.utils.resources import find_shipped
 
-SWEEP_KEYS = {"name", "description", "seeds", "runs", "grid", "set", "resources", "train", "table"}
+SWEEP_KEYS = {"name", "description", "seeds", "runs", "grid", "set", "resources", "train", "table", "evaluate"}
 RUN_KEYS = {"pipeline", "config", "label", "set", "resources"}
 TRAIN_KEYS = {"device", "limit_batches", "limit_val_batches"}
 TABLE_KEYS = {"priors", "metrics"}
@@ -242,7 +243,7 @@ def load_sweep(path: str | Path, save_dir: str | Path = "saved", seeds: str | Se
                              RESOURCE_KEYS),
                   {**check_keys(f"{path}: train", data.get("train"), TRAIN_KEYS),
                    **{k: v for k, v in (train or {}).items() if v is not None}},
-                  check_keys(f"{path}: table", data.get("table"), TABLE_KEYS))
+                  check_keys(f"{path}: table", data.get("table"), TABLE_KEYS), bool(data.get("evaluate", True)))
     check_unique(sweep)
     return sweep
 
