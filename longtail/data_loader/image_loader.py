@@ -61,7 +61,7 @@ class EncodedReader(Dataset):
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, bool, list[float], int]:
         index, epoch, position = key
         try:
-            data, encoded, (width, height) = read_encoded(self.dataset.root / self.dataset.relative_path(index))
+            data, encoded, (width, height) = read_encoded(self.dataset.read_bytes(index))
         except OSError:
             self.dataset.load_image(index)  # raises the data set's error naming the file and its list
             raise

@@ -28,7 +28,7 @@ ALLOWED = {
 }
 # The engine: everything a method plugs into. None of it may name a method (methods register themselves).
 ENGINE_LAYERS = ("utils", "registry", "core", "trainer", "evaluation", "pipeline", "cluster", "api", "__init__")
-GENERIC_CLI = ("common", "train", "evaluate", "flops", "make_test_priors", "pipeline", "tables", "sweep")
+GENERIC_CLI = ("common", "train", "evaluate", "flops", "make_test_priors", "pipeline", "tables", "sweep", "make_shards")
 SCRIPTS = ("train.py", "test.py", "test_all_cifar.py", "test_all_imagenet.py", "test_all_inat.py")
 METHOD_WORDS = ("ride", "router", "distill", "teacher", "sade", "cbe", "tau_norm", "lws", "lade", "balpoe",
                 "experts_used", "tau_list", "tau_min", "tau_max", "bcl", "ncl", "shike", "mdcs", "dirmixe", "lift")
