@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Arguments of the tool."""
     p = argparse.ArgumentParser(description="Write the images of an image-list data set (official lists, custom lists "
                                             "or folders) as WebDataset tar shards plus an index.")
-    p.add_argument("-c", "--config", required=True, help="a config of the data set, e.g. imagenet_lt/balpoe_resnext50.json")
+    p.add_argument("-c", "--config", required=True, help="a config of the data set (any method), e.g. one of configs/imagenet_lt/")
     p.add_argument("--out", required=True, help="folder for the shards (then: --set data_loader.args.shards=OUT)")
     p.add_argument("--splits", default="train", help="comma-separated splits to write (default: train)")
     p.add_argument("--shard_size", type=positive_int, default=1000, help="images per shard (default 1000)")
