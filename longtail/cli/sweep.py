@@ -21,6 +21,7 @@ from longtail.cluster.launchers import make_launcher
 from longtail.cluster.status import all_done, status_frame, status_text, write_table
 from longtail.cluster.sweep import Sweep, freeze, load_sweep, read_sweep, read_sweep_file, sweep_folder
 from longtail.registry import LAUNCHERS
+from longtail.utils.resources import find_shipped
 
 RESOURCE_FLAGS = {"nodes": int, "tasks_per_node": int, "gpus_per_node": int, "cpus_per_task": int, "mem_gb": float,
                   "timeout_min": int, "partition": str, "account": str, "qos": str, "constraint": str}
@@ -62,7 +63,7 @@ def launch(sweep: Sweep, launcher: str, max_parallel: int) -> int:
 
 def sweep_of(target: str, save_dir: str) -> Sweep:
     """A launched sweep from its directory or its sweep file (found under ``save_dir``)."""
-    path = Path(target)
+    path = find_shipped(target, "configs")
     if path.is_dir():
         return read_sweep(path)
     name = str(read_sweep_file(path).get("name") or path.stem)

@@ -166,8 +166,13 @@ def squeue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     try:
         out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(job_ids)], capture_output=True,
                              text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
+    except FileNotFoundError:
+        raise ConfigError("squeue not found: run lt-sweep on a machine of the SLURM cluster (a login node)") from None
+    except subprocess.TimeoutExpired:
+        raise ConfigError("squeue did not answer within 60 s; try again (jobs already queued would be submitted "
+                          "twice without it)") from None
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:  # only purged ids: none of them is queued
+        raise ConfigError(f"squeue failed: {out.stderr.strip()[:300]}")
     rows = {}
     for line in out.stdout.splitlines():
         parts = line.strip().split("|")

@@ -212,7 +212,7 @@ def load_sweep(path: str | Path, save_dir: str | Path = "saved", seeds: str | Se
                train: dict[str, Any] | None = None) -> Sweep:
     """Read and check a sweep file; ``seeds``, ``overrides`` (--set, --data_dir), ``resources`` and ``train``
     options from the command line win over the file's."""
-    path = Path(path)
+    path = find_shipped(path, "configs")  # configs/sweeps/<name>.json from any working directory
     data = check_keys(str(path), read_sweep_file(path), SWEEP_KEYS)
     name = str(data.get("name") or path.stem)
     runs = data.get("runs")

@@ -267,3 +267,21 @@ def test_status_of_an_unlaunched_sweep_is_one_error_line(tmp_path, capsys):
     path = write_sweep(tmp_path, {"name": "never", "runs": [{"config": "fmnist_ir100/ce.json"}]})
     assert sweep_main(["status", str(path), "--save_dir", str(tmp_path)]) == 2
     assert "is not a launched sweep" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs/sweeps").glob("*.json")), ids=lambda p: p.name)
+def test_every_shipped_sweep_loads_and_its_stages_resolve(path, tmp_path):
+    from longtail.core.build import build_without_data, resolve
+    from longtail.utils.config import apply_overrides, load_config
+
+    sweep = load_sweep(path, tmp_path)
+    jobs = job_graph(sweep)
+    assert len({job.variant for job in jobs}) == len(sweep.variants) and sweep.seeds
+    for job in jobs:
+        resources = job_resources(sweep, job)
+        assert resources["gpus_per_node"] == 0 and resources["cpus_per_task"] == 2
+    for variant in sweep.variants:
+        for stage in variant.pipeline().stages:
+            inputs = [(k, "x.pth" if isinstance(v, str) else ["x.pth"] * len(v)) for k, v in stage.inputs.items()]
+            config = resolve(apply_overrides(load_config(stage.config), [*stage.set.items(), *inputs, *variant.overrides]))
+            assert build_without_data(config)["model"] is not None
