@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from longtail.pipeline import Evaluation, Pipeline, Stage, load_pipeline, parse_seeds, state_folder
+from longtail.pipeline import Evaluation, Pipeline, Stage, load_pipeline, parse_seeds, stage_overrides, state_folder
 from longtail.utils.config import apply_overrides, load_config
 from longtail.utils.errors import ConfigError
 from longtail.utils.resources import find_shipped
@@ -315,7 +315,8 @@ def job_resources(sweep: Sweep, job: Job) -> dict[str, Any]:
     variant, _, stage = stage_of(sweep, job)
     on_cpu = str(sweep.train.get("device") or "").startswith("cpu")
     if stage is not None:
-        config = apply_overrides(load_config(stage.config), [*stage.set.items(), *variant.overrides])
+        pairs = [*stage.set.items(), *stage_overrides(stage, variant.overrides)]
+        config = apply_overrides(load_config(stage.config), pairs)
         gpus = 0 if on_cpu else int(config.get("n_gpu", 1))
         ddp = config.get("trainer", {}).get("parallel", "ddp") == "ddp"
         workers = int((config.get("data_loader", {}).get("args") or {}).get("num_workers", 0))

@@ -106,7 +106,7 @@ def test_job_resources_come_from_the_config_then_the_sweep_the_run_the_stage_and
                                               "inputs": {"init_from.checkpoint": "a"}}}}
     (tmp_path / "p.json").write_text(json.dumps(pipeline))
     data = {"name": "r", "runs": [{"pipeline": "p.json", "resources": {"partition": "long"},
-                                   "set": {"n_gpu": 4, "data_loader.args.num_workers": 7}}],
+                                   "set": {"n_gpu": 4, "b:n_gpu": 2, "data_loader.args.num_workers": 7}}],
             "resources": {"partition": "gpu", "account": "lab", "cpus_per_task": 2}}
     sweep = load_sweep(write_sweep(tmp_path, data), tmp_path, resources={"account": "other", "mem_gb": None})
     jobs = {job.stage or job.kind: job for job in job_graph(sweep)}
@@ -114,7 +114,7 @@ def test_job_resources_come_from_the_config_then_the_sweep_the_run_the_stage_and
     # n_gpu 4 (DDP) -> 4 GPUs and 4 tasks; the stage's cpus_per_task beats the sweep's, which beats 7 workers + 1
     assert (a["gpus_per_node"], a["tasks_per_node"], a["cpus_per_task"], a["timeout_min"]) == (4, 4, 6, 30)
     assert (a["partition"], a["account"]) == ("long", "other")
-    assert (b["cpus_per_task"], b["timeout_min"]) == (2, 720)
+    assert (b["cpus_per_task"], b["timeout_min"], b["gpus_per_node"], b["tasks_per_node"]) == (2, 720, 2, 2)
     assert (evaluate["nodes"], evaluate["tasks_per_node"], evaluate["gpus_per_node"]) == (1, 1, 1)
     on_cpu = load_sweep(write_sweep(tmp_path, {**data, "train": {"device": "cpu"}}), tmp_path)
     assert job_resources(on_cpu, jobs["a"])["gpus_per_node"] == 0
@@ -122,7 +122,7 @@ def test_job_resources_come_from_the_config_then_the_sweep_the_run_the_stage_and
     parameters, requeues = slurm_parameters(sweep, jobs["b"], ["41", "42"])
     assert parameters["dependency"] == "afterok:41:42" and requeues == 10
     assert parameters["additional_parameters"] == {"requeue": True, "kill_on_invalid_dep": "yes"}
-    assert (parameters["ntasks_per_node"], parameters["time"], parameters["job_name"]) == (4, 720, "r:p/seed1/b")
+    assert (parameters["ntasks_per_node"], parameters["time"], parameters["job_name"]) == (2, 720, "r:p/seed1/b")
     cpu_parameters, _ = slurm_parameters(on_cpu, jobs["a"], [])
     assert "gpus_per_node" not in cpu_parameters and "dependency" not in cpu_parameters
     mem = load_sweep(write_sweep(tmp_path, {**data, "resources": {"mem_gb": 1.5}}), tmp_path)
