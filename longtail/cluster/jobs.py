@@ -53,6 +53,16 @@ def write_record(sweep_folder: str | Path, key: str, **fields: Any) -> None:
     os.replace(tmp, path)
 
 
+def job_state(sweep: Sweep, key: str) -> str:
+    """The state a job's record gives (pending before it started); an evaluation done over fewer seeds than the sweep
+    now has (seeds added later) is pending again."""
+    record = read_record(sweep.folder, key)
+    state = record.get("state", "pending")
+    if state == "done" and key.endswith("/evaluate") and record.get("seeds") not in (None, list(sweep.seeds)):
+        return "pending"
+    return state
+
+
 def find_job(sweep: Sweep, key: str) -> Job:
     """The job called ``key`` in the sweep's graph."""
     for job in job_graph(sweep):
@@ -86,7 +96,7 @@ def run_job(sweep_folder: str | Path, key: str, threads: int | None = None) -> s
                          error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         raise
     if primary:
-        write_record(sweep_folder, key, state=outcome, ended=time.time())
+        write_record(sweep_folder, key, state=outcome, ended=time.time(), seeds=list(sweep.seeds))
     return outcome
 
 

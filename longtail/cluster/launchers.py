@@ -16,7 +16,7 @@ from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
-from longtail.cluster.jobs import INTERRUPTED_EXIT, SweepJob, read_record, write_record
+from longtail.cluster.jobs import INTERRUPTED_EXIT, SweepJob, job_state, read_record, write_record
 from longtail.cluster.sweep import Job, Sweep, job_graph, job_resources
 from longtail.registry import LAUNCHERS
 from longtail.utils.device import usable_cpus
@@ -57,8 +57,7 @@ def pid_alive(pid: int) -> bool:
 def record_state(sweep: Sweep, key: str) -> str:
     """A job's state from its record alone: pending (never started), running, done, failed, interrupted, cancelled,
     or stopped (a record that says running whose process is gone from this machine)."""
-    record = read_record(sweep.folder, key)
-    state = record.get("state", "pending")
+    record, state = read_record(sweep.folder, key), job_state(sweep, key)
     if state == "running" and not record.get("slurm_job_id") and record.get("host") == os.uname().nodename \
             and not pid_alive(int(record.get("pid", 0))):
         return "stopped"
@@ -80,7 +79,7 @@ class LocalLauncher:
     def launch(self, sweep: Sweep, log: Any = print) -> int:
         """Run every job that is not done, dependencies first; returns 0, 1 (a job failed) or 130 (interrupted)."""
         jobs = {job.key: job for job in job_graph(sweep)}
-        todo = {key: job for key, job in jobs.items() if read_record(sweep.folder, key).get("state") != "done"}
+        todo = {key: job for key, job in jobs.items() if job_state(sweep, key) != "done"}
         write_submissions(sweep, "local", {})
         sorter: TopologicalSorter = TopologicalSorter({k: [d for d in j.deps if d in todo] for k, j in todo.items()})
         sorter.prepare()
@@ -219,7 +218,7 @@ class SlurmLauncher:
         job_ids: dict[str, str] = {}
         folder = Path(sweep.folder) / "slurm" / "%j"
         for job in job_graph(sweep):
-            if read_record(sweep.folder, job.key).get("state") == "done":
+            if job_state(sweep, job.key) == "done":
                 continue
             if job.key in previous and previous[job.key] in queued:
                 job_ids[job.key] = previous[job.key]  # still pending or running: keep it (and depend on it)
@@ -242,7 +241,7 @@ class SlurmLauncher:
         queued = squeue([ids[k] for k in keys if k in ids])
         states = {}
         for key in keys:
-            record = read_record(sweep.folder, key)
+            record = {**read_record(sweep.folder, key), "state": job_state(sweep, key)}
             state, reason = queued.get(ids.get(key, ""), ("", ""))
             if state in SLURM_ACTIVE and record.get("state") != "done":
                 kind = SLURM_ACTIVE[state]

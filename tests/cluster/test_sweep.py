@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from longtail.cli.sweep import main as sweep_main
-from longtail.cluster.jobs import SweepJob, read_record, requeue_through_submitit, write_record
+from longtail.cluster.jobs import SweepJob, job_state, read_record, requeue_through_submitit, write_record
 from longtail.cluster.launchers import LocalLauncher, slurm_parameters
 from longtail.cluster.status import last_line, status_frame
 from longtail.cluster.sweep import freeze, job_graph, job_resources, load_sweep, pipeline_sweep, read_sweep
@@ -91,10 +91,14 @@ def test_bad_sweep_files_get_one_clear_error(tmp_path, data, message):
 
 def test_relaunching_keeps_the_sweep_and_adds_seeds(tmp_path):
     path = write_sweep(tmp_path, {"name": "f", "seeds": "1-2", "runs": [{"config": "fmnist_ir100/ce.json"}]})
-    freeze(load_sweep(path, tmp_path))
+    first = load_sweep(path, tmp_path)
+    freeze(first)
+    write_record(first.folder, "ce/evaluate", state="done", seeds=[1, 2])
+    assert job_state(first, "ce/evaluate") == "done"
     more = load_sweep(path, tmp_path, seeds="3")
     freeze(more)
     assert more.seeds == [1, 2, 3] and read_sweep(tmp_path / "sweeps/f").seeds == [1, 2, 3]
+    assert job_state(more, "ce/evaluate") == "pending", "the table must be evaluated again over 3 seeds"
     with pytest.raises(ConfigError, match="describes another sweep"):
         freeze(load_sweep(path, tmp_path, overrides=[("optimizer.args.lr", 0.2)]))
 
