@@ -15,7 +15,7 @@ from longtail.pipeline import SeedState, evaluate_pipeline, load_pipeline, run_p
 from longtail.utils.checkpoint import load_checkpoint
 from longtail.utils.device import usable_cpus
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def test_the_local_launcher_trains_and_evaluates_the_pipeline_as_the_in_process_runner(fmnist_dir, tmp_path):

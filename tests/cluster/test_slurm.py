@@ -6,6 +6,7 @@ where the cluster cannot start: not root, or slurm-wlm / munge not installed (.c
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from longtail.pipeline import SeedState
 from longtail.utils.checkpoint import load_checkpoint
 from longtail.utils.device import usable_cpus
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # two sweeps and a requeue on 2 shared cores
 SWEEP = "two_stage"
 VARIANT = "ce_crt"
 
@@ -59,7 +60,7 @@ def sweeps(slurm_cluster, fmnist_dir, tmp_path_factory):  # noqa: F811
         log = folder_ / "train.log" if folder_ else None
         return bool(log and log.is_file() and "epoch 2/" in log.read_text())
 
-    wait_until(trained_two_epochs, 300, "seed 1 stage 1 to train two epochs on the cluster")
+    wait_until(trained_two_epochs, 600, "seed 1 stage 1 to train two epochs on the cluster")
     # SLURM's preemption: SIGTERM to the job's processes, and submitit's preemption signal USR2 (what
     # submitit's SlurmJob._interrupt sends to simulate a preemption)
     for sig in ("TERM", "USR2"):
@@ -70,14 +71,14 @@ def sweeps(slurm_cluster, fmnist_dir, tmp_path_factory):  # noqa: F811
         assert not states.str.startswith(("failed", "cancelled")).any(), status_frame(read_sweep(folder)).to_string()
         return bool((states == "done").all())
 
-    wait_until(finished, 480, "every SLURM job to finish", interval_s=2)
+    wait_until(finished, 1200, "every SLURM job to finish", interval_s=2)
     assert sweep_main(["status", str(folder)]) == 0  # all done: writes the table
     return {"local": local, "slurm": slurm, "folder": folder, "ids": ids, "target": target}
 
 
 def test_the_preempted_job_saved_on_the_signal_was_requeued_and_resumed_in_its_run_directory(sweeps):
     log = (run_dir(sweeps["slurm"], 1, "stage1") / "train.log").read_text()
-    assert "interrupted (SIGTERM, SIGUSR2)" in log or "interrupted (SIGUSR2, SIGTERM)" in log
+    assert re.search(r"interrupted \((SIGTERM|SIGUSR2)(, SIG(TERM|USR2))?\) at epoch \d+ step", log), log
     assert log.count("run directory:") == 2, "the requeued job continues the same run directory"
     record = read_record(sweeps["folder"], sweeps["target"])
     assert record["state"] == "done" and record["restarts"] == 1 and record["slurm_job_id"] == sweeps["ids"][sweeps["target"]]
@@ -127,7 +128,7 @@ def test_a_two_task_job_trains_with_ddp_from_slurms_rendezvous(slurm_cluster, im
     (tmp_path / "ddp.json").write_text(json.dumps(sweep))
     assert sweep_main(["run", str(tmp_path / "ddp.json"), "--save_dir", str(tmp_path / "slurm"), "--launcher", "slurm"]) == 0
     folder = tmp_path / "slurm" / "sweeps" / "ddp"
-    wait_until(lambda: read_record(folder, "tiny/seed1/train").get("state") in ("done", "failed"), 300,
+    wait_until(lambda: read_record(folder, "tiny/seed1/train").get("state") in ("done", "failed"), 600,
                "the 2-task job", interval_s=1)
     assert read_record(folder, "tiny/seed1/train")["state"] == "done", status_frame(read_sweep(folder)).to_string()
     state = SeedState(folder / "tiny", 1).stages["train"]
