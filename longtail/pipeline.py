@@ -9,6 +9,7 @@ tidy ``results.csv`` (uniform test report plus every test prior, post-hoc correc
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from longtail.utils.defaults import SAVE_DIR
 from longtail.utils.errors import ConfigError
 from longtail.utils.tables import write_csv
 
-STAGE_KEYS = {"config", "set", "inputs", "description"}
+STAGE_KEYS = {"config", "set", "inputs", "description", "resources"}
 EVALUATE_KEYS = {"stage", "label", "posthoc", "aggregations", "set", "uniform", "priors"}
 
 
@@ -38,6 +39,7 @@ class Stage:
     config: Path
     set: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, str | list[str]] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)  # cluster resources of this stage's jobs (longtail/sweep.py)
 
 
 @dataclass
@@ -86,7 +88,10 @@ def load_pipeline(path: str | Path) -> Pipeline:
                 if earlier not in [s.name for s in stages]:
                     raise ConfigError(f"{path}: stage {name!r} takes {key} from {earlier!r}, which is not an earlier "
                                       f"stage ({', '.join(s.name for s in stages) or 'none'})")
-        stages.append(Stage(name, config, dict(spec.get("set", {})), inputs))
+        if not isinstance(spec.get("resources", {}), dict):
+            raise ConfigError(f"{path}: stage {name!r}: 'resources' must be an object such as "
+                              '{"gpus_per_node": 1, "timeout_min": 60}')
+        stages.append(Stage(name, config, dict(spec.get("set", {})), inputs, dict(spec.get("resources", {}))))
     evaluations = []
     for spec in data.get("evaluate", []):
         if not isinstance(spec, dict) or set(spec) - EVALUATE_KEYS or spec.get("stage") not in data["stages"]:
@@ -123,23 +128,38 @@ def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
 
 
 class SeedState:
-    """``<save_dir>/pipelines/<name>/seed<S>.json``: each stage's run directory and whether it finished."""
+    """``<save_dir>/pipelines/<name>/seed<S>.json``: each stage's run directory and whether it finished.
+
+    Stages of one seed may run at the same time as separate processes or cluster jobs (e.g. cRT and LWS from one
+    stage 1): every write re-reads the file under a lock and replaces it atomically, so no stage's record is lost."""
 
     def __init__(self, folder: Path, seed: int) -> None:
         self.path = folder / f"seed{seed}.json"
-        self.stages: dict[str, dict[str, Any]] = json.loads(self.path.read_text())["stages"] if self.path.is_file() else {}
+        self.stages: dict[str, dict[str, Any]] = self._read()
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        """The stages recorded in the file (none when it does not exist yet)."""
+        return json.loads(self.path.read_text())["stages"] if self.path.is_file() else {}
 
     def record(self, stage: str, run_dir: Path, done: bool) -> None:
         """Remember a stage's run directory (written at once, so a crash mid-stage is resumable)."""
-        self.stages[stage] = {"run_dir": str(run_dir), "done": done}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"stages": self.stages}, indent=2) + "\n")
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.stages = {**self._read(), stage: {"run_dir": str(run_dir), "done": done}}
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"stages": self.stages}, indent=2) + "\n")
+            os.replace(tmp, self.path)
 
     def checkpoint(self, stage: str) -> Path | None:
         """The stage's last.pth when it exists."""
         record = self.stages.get(stage)
         path = Path(record["run_dir"]) / "last.pth" if record else None
         return path if path is not None and path.is_file() else None
+
+    def finished(self, stage: str) -> bool:
+        """Whether the stage ran to its end (its last.pth holds the final state)."""
+        return bool(self.stages.get(stage, {}).get("done")) and self.checkpoint(stage) is not None
 
 
 def state_folder(pipeline: Pipeline, save_dir: str | Path) -> Path:
@@ -172,6 +192,31 @@ def stage_config(stage: Stage, seed: int, state: SeedState, overrides: Sequence[
     return resolve(apply_overrides(load_config(stage.config), [*pairs, *stage_overrides(stage, overrides)]))
 
 
+def run_stage(stage: Stage, seed: int, state: SeedState, device: str | None = None,
+              overrides: Sequence[tuple[str, Any]] = (), quiet: bool = True, log: Callable[[str], None] = print,
+              **train_options: Any) -> RunResult | None:
+    """Train one stage of one seed: skipped when finished (returns None), resumed from its last.pth when an earlier
+    attempt was interrupted, else started in a new run directory recorded in ``state`` at once. ``overrides`` hold
+    ``trainer.save_dir`` and the rest (see :func:`run_pipeline`); the result tells whether a stop signal ended it."""
+    if state.finished(stage.name):
+        log(f"seed {seed} {stage.name}: done ({state.stages[stage.name]['run_dir']})")
+        return None
+    checkpoint = state.checkpoint(stage.name)
+    if checkpoint is not None:  # interrupted: continue its run directory
+        log(f"seed {seed} {stage.name}: resuming {checkpoint}")
+        config, resume_state = config_for_run(None, checkpoint)
+        result = train(config, device, checkpoint, resume_state, quiet=quiet, **train_options)
+    else:
+        config = stage_config(stage, seed, state, overrides)
+        log(f"seed {seed} {stage.name}: training {config['name']}")
+        result = train(config, device, quiet=quiet,
+                       on_run_dir=lambda run_dir: state.record(stage.name, run_dir, False), **train_options)
+    if not result.interrupted and result.run_dir is not None:  # only rank 0 of a DDP job has the run directory
+        state.record(stage.name, result.run_dir, True)
+        log(f"seed {seed} {stage.name}: {result.checkpoint}")
+    return result
+
+
 def run_pipeline(pipeline: Pipeline, seeds: Sequence[int], device: str | None = None, save_dir: str | Path = SAVE_DIR,
                  overrides: Sequence[tuple[str, Any]] = (), quiet: bool = True, log: Callable[[str], None] = print,
                  **train_options: Any) -> dict[int, dict[str, Path]]:
@@ -184,36 +229,20 @@ def run_pipeline(pipeline: Pipeline, seeds: Sequence[int], device: str | None = 
     for seed in seeds:
         state = SeedState(folder, seed)
         for stage in pipeline.stages:
-            record = state.stages.get(stage.name, {})
-            checkpoint = state.checkpoint(stage.name)
-            if record.get("done") and checkpoint is not None:
-                log(f"seed {seed} {stage.name}: done ({record['run_dir']})")
-                continue
-            if checkpoint is not None:  # interrupted: continue its run directory
-                log(f"seed {seed} {stage.name}: resuming {checkpoint}")
-                config, resume_state = config_for_run(None, checkpoint)
-                result = train(config, device, checkpoint, resume_state, quiet=quiet, **train_options)
-            else:
-                config = stage_config(stage, seed, state, overrides)
-                log(f"seed {seed} {stage.name}: training {config['name']}")
-                result = train(config, device, quiet=quiet,
-                               on_run_dir=lambda run_dir, name=stage.name: state.record(name, run_dir, False),
-                               **train_options)
-            if result.interrupted:
+            result = run_stage(stage, seed, state, device, overrides, quiet, log, **train_options)
+            if result is not None and result.interrupted:
                 raise KeyboardInterrupt(f"interrupted in stage {stage.name!r} of seed {seed}; run the pipeline again "
                                         "to resume")
-            state.record(stage.name, result.run_dir, True)
-            log(f"seed {seed} {stage.name}: {result.checkpoint}")
         runs[seed] = {name: Path(record["run_dir"]) for name, record in state.stages.items()}
     return runs
 
 
 def evaluate_pipeline(pipeline: Pipeline, seeds: Sequence[int], device: str | None = None,
-                      save_dir: str | Path = SAVE_DIR) -> pd.DataFrame:
+                      save_dir: str | Path = SAVE_DIR, folder: str | Path | None = None) -> pd.DataFrame:
     """Evaluate the stages listed in the pipeline's ``evaluate`` entries over the seeds' runs into one tidy table
     (``evaluation`` column: ``test`` for the uniform report, ``test_all`` for the test priors), written to
-    ``<save_dir>/pipelines/<name>/results.csv``."""
-    folder = state_folder(pipeline, save_dir)
+    ``<save_dir>/pipelines/<name>/results.csv`` (or ``<folder>/results.csv``: a sweep keeps each run's state there)."""
+    folder = Path(folder) if folder is not None else state_folder(pipeline, save_dir)
     states = {seed: SeedState(folder, seed) for seed in seeds}
     frames = []
     for spec in pipeline.evaluate:

@@ -44,6 +44,9 @@ REPORTERS = Registry("report")
 # checkpoints of other code bases: fn(path) -> evaluation.hooks.ForeignWeights, or None when the file is not theirs
 CHECKPOINT_READERS = Registry("checkpoint reader")
 
+# ---- beyond one process (longtail.cluster): how a sweep's job graph is run (local processes, SLURM via submitit)
+LAUNCHERS = Registry("launcher")
+
 # ---- command-line flags a method owns (train.py, test.py, test_all_*.py, flops; train flags are API keywords too)
 
 

@@ -3,6 +3,7 @@
 python -m tools.benchmark -c CONFIG [--synthetic] [--set KEY=VALUE] [--compare ROUNDS] [--record FILE]
 python -m tools.benchmark --pipeline configs/pipelines/X.json --synthetic [--record FILE]   # every stage of a recipe
 python -m tools.benchmark --priors_only -c configs/inat2018/balpoe_resnet50_standard.json    # evaluation of all priors
+python -m tools.benchmark --data_throughput 400                  # JPEG decode + augment per core: folders vs shards
 
 ``--record`` merges the figures (and the expected time of the config's whole schedule) into a JSON file keyed by
 config path; ``python -m tools.leaderboard`` reads it for the README's leaderboard.
@@ -166,6 +167,62 @@ def compare_original_style(config: dict[str, Any], device: torch.device, steps: 
           f"images/s -> speed-up {mean_ours / mean_original:.2f}x")
 
 
+def write_jpeg_list(root: Path, count: int, size: tuple[int, int], classes: int = 10) -> Path:
+    """``count`` JPEGs of ``size`` (W, H; smooth colour fields plus noise, quality 90, about the bytes of an ImageNet
+    photo) under root/images, and their list root/train.txt / test.txt (a custom ``txt_list`` data set)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    lines = []
+    width, height = size
+    ys, xs = np.mgrid[0:height, 0:width]
+    for index in range(count):
+        label = index % classes
+        phase = rng.uniform(0, 6.28, 3)
+        field = np.stack([127 + 100 * np.sin(xs / (17 + 5 * c) + ys / (23 + 3 * c) + phase[c]) for c in range(3)], -1)
+        pixels = np.clip(field + rng.normal(0, 12, field.shape), 0, 255).astype(np.uint8)
+        rel = f"c{label}/{index:06d}.jpg"
+        (root / "images" / f"c{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(root / "images" / rel, quality=90)
+        lines.append(f"{rel} {label}")
+    for split in ("train", "test"):
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def data_throughput(count: int, size: tuple[int, int], augment: str = "imagenet", repeats: int = 2) -> dict[str, float]:
+    """Images/s decoded and augmented by one process on one thread (= per CPU core), read from image files (folder +
+    list) and from WebDataset shards of the same files, in a random epoch order; the files are in the page cache
+    (a cluster file system adds its own per-file cost to the folder layout, which this does not measure)."""
+    from longtail.data_loader.factory import build_dataset
+    from longtail.data_loader.image_loader import SampleReader
+    from longtail.data_loader.image_transforms import eval_transform
+    from longtail.data_loader.shards import write_shards
+    from longtail.registry import IMAGE_AUGMENTS
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_jpeg_list(Path(tmp), count, size)
+        config = {"data_loader": {"type": "txt_list", "args": {"data_dir": str(root / "images"), "txt_dir": str(root),
+                                                               "num_classes": 10}}}
+        folder = build_dataset(config, "train")
+        write_shards(folder, root / "shards", "train", shard_size=max(1, count // 4))
+        config["data_loader"]["args"]["shards"] = str(root / "shards")
+        shards = build_dataset(config, "train")
+        transform = IMAGE_AUGMENTS.build(augment, "augment", size=224) if augment != "none" else eval_transform(256, 224)
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(0)).tolist()
+        rates: dict[str, list[float]] = {"folder": [], "shards": []}
+        for round_ in range(repeats):  # alternate, so that both layouts see the same machine load
+            for name, dataset in (("folder", folder), ("shards", shards)):
+                reader = SampleReader(dataset, transform, seed=1)
+                start = time.perf_counter()
+                for position, index in enumerate(order):
+                    reader[(index, round_ + 1, position)]
+                rates[name].append(count / (time.perf_counter() - start))
+    return {f"{name}_images_per_s_per_core": max(values) for name, values in rates.items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of the benchmark."""
     p = argparse.ArgumentParser(description="Measure training/evaluation throughput of a config.")
@@ -186,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_batches", type=int, default=10)
     p.add_argument("--synthetic", action="store_true", help="random data of the configured shape instead of the files")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    p.add_argument("--data_throughput", type=int, metavar="IMAGES",
+                   help="no config: write IMAGES synthetic JPEGs, shard them, and print the images/s one core decodes and "
+                        "augments (ImageNet recipe, 224 px) from the folder layout and from the shards")
+    p.add_argument("--image_size", default="500x375", help="WxH of --data_throughput's JPEGs (default: ImageNet's "
+                                                            "typical 500x375)")
+    p.add_argument("--augment", default="imagenet", help="--data_throughput's augmentation (imagenet, randaugment, none)")
     add_set_argument(p, "trainer.amp=bf16")
     p.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
                    help="also time the original repos' execution pattern (PIL DataLoader workers, NCHW, looped experts, "
@@ -197,6 +260,14 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print its figures."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.data_throughput:
+        width, height = (int(v) for v in args.image_size.lower().split("x"))
+        rates = data_throughput(args.data_throughput, (width, height), args.augment)
+        print(f"CPU: {cpu_name()}  ({args.data_throughput} JPEGs of {width}x{height}, augment {args.augment}, 224 px, "
+              f"one process, one thread)")
+        print(f"folder + list:     {rates['folder_images_per_s_per_core']:.1f} images/s per core")
+        print(f"WebDataset shards: {rates['shards_images_per_s_per_core']:.1f} images/s per core")
+        return 0
     if bool(args.config) == bool(args.pipeline):
         raise ConfigError("give either -c CONFIG or --pipeline FILE")
     device = resolve_device(args.device)

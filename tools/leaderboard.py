@@ -47,7 +47,7 @@ class Row:
 
 def shipped_configs(root: Path) -> list[Path]:
     """Every runnable config: configs/<folder>/*.json except the shared parts (_base_) and pipeline files."""
-    return sorted(p for p in (root / "configs").glob("*/*.json") if p.parent.name not in ("_base_", "pipelines"))
+    return sorted(p for p in (root / "configs").glob("*/*.json") if p.parent.name not in ("_base_", "pipelines", "sweeps"))
 
 
 def describe(config: dict[str, Any]) -> tuple[str, str]:

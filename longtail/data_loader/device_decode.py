@@ -11,6 +11,8 @@ JPEGs in some data sets) are decoded by PIL in the worker and only copied to the
 """
 from __future__ import annotations
 
+import io
+
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -97,10 +99,10 @@ def device_plan(transform: Any, resize_size: int, image_size: int) -> DevicePlan
                       resize=resize_size)
 
 
-def read_encoded(path: Any) -> tuple[torch.Tensor, bool, tuple[int, int]]:
-    """(uint8 bytes of a JPEG, True, (width, height)), or (decoded uint8 CHW RGB, False, size) for other files."""
-    data = open(path, "rb").read()
-    with Image.open(path) as image:
+def read_encoded(data: bytes) -> tuple[torch.Tensor, bool, tuple[int, int]]:
+    """An image file's bytes -> (uint8 bytes of a JPEG, True, (width, height)), or (decoded uint8 CHW RGB, False,
+    size) for other formats."""
+    with Image.open(io.BytesIO(data)) as image:
         size = image.size
         if data[:3] == JPEG_MAGIC and image.mode in ("RGB", "L"):
             return torch.frombuffer(bytearray(data), dtype=torch.uint8), True, size

@@ -1,7 +1,8 @@
 """Image-file data sets: txt lists (ImageNet-LT, iNaturalist 2018, Places-LT, custom lists) and image folders.
 
 Each line of a list is ``relative/path/to/image.jpg <integer label>`` (docs/methods.md, data sets); paths are relative to
-``data_dir``, list files live in ``txt_dir``. Images are decoded lazily (PIL, RGB) by ``ImageListLoader`` workers;
+``data_dir``, list files live in ``txt_dir``. With ``shards`` (a folder written by lt-make-shards) the training split
+is read from WebDataset tar shards instead, sample for sample the same (data_loader/shards.py). Images are decoded lazily (PIL, RGB) by ``ImageListLoader`` workers;
 only paths and labels are held in memory (paths as one NumPy byte array, so forked workers do not copy them).
 """
 from __future__ import annotations
@@ -103,6 +104,15 @@ class ImageListDataset:
         """The path of sample ``index`` as written in the list."""
         return self.paths[index].decode()
 
+    def read_bytes(self, index: int) -> bytes:
+        """The image file of sample ``index`` as bytes (what decode "device" and the shard writer read)."""
+        path = self.root / self.relative_path(index)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise DataNotFoundError(f"image not found: {path} (listed in {self.source}); check data_loader.args.data_dir "
+                                    f"({self.root}). {DATA_TXT_HELP}") from None
+
     def load_image(self, index: int) -> Image.Image:
         """Decode sample ``index`` as an RGB PIL image; a missing file names its full path and the list."""
         path = self.root / self.relative_path(index)
@@ -165,6 +175,20 @@ class ImageListDataset:
         return torch.from_numpy(out)
 
 
+def has_shards(folder: str | Path | None, split: str) -> bool:
+    """Whether ``folder`` holds WebDataset shards of ``split`` (data_loader/shards.py)."""
+    from longtail.data_loader.shards import has_shards as found
+
+    return found(folder, split)
+
+
+def sharded_dataset(*args: Any, **kwargs: Any) -> ImageListDataset:
+    """A split read from WebDataset shards (data_loader/shards.py imports this module, hence the late import)."""
+    from longtail.data_loader.shards import sharded_dataset as build
+
+    return build(*args, **kwargs)
+
+
 def _list_dataset(list_file: Path, data_dir: Path, num_classes: int, name: str, mean: Sequence[float],
                   std: Sequence[float], image_size: int, resize_size: int, split_seed: int,
                   prior_files: dict[str, Path], prior_files_required: bool) -> ImageListDataset:
@@ -194,7 +218,8 @@ def _register_txt(name: str, title: str, data_dir: str, txt_dir: str, prefix: st
     def build(split: str = "train", data_dir: str = data_dir, txt_dir: str = txt_dir, train_list: str = train_list,
               val_list: str = f"{prefix}val.txt", test_list: str = test_list, prior_list_prefix: str = prefix,
               num_classes: int | None = num_classes, image_size: int = 224, resize_size: int = 256,
-              mean: Sequence[float] = mean, std: Sequence[float] = std, split_seed: int = 0) -> ImageListDataset:
+              mean: Sequence[float] = mean, std: Sequence[float] = std, split_seed: int = 0,
+              shards: str | None = None) -> ImageListDataset:
         lists = {"train": train_list, "val": val_list, "test": test_list}
         if split not in lists:
             raise ConfigError(f"{name}: split must be one of {', '.join(lists)}, got {split!r}")
@@ -205,6 +230,10 @@ def _register_txt(name: str, title: str, data_dir: str, txt_dir: str, prefix: st
         if split != "train":
             names = set(DATASET_PRIORS.get(name, CIFAR_TEST_PRIORS)) | {"uniform"}
             prior_files = {p: folder / f"{prior_list_prefix}{p}.txt" for p in names}
+        if shards is not None and (split == "train" or has_shards(shards, split)):
+            # WebDataset shards (training always; other splits when they were written), same samples as the list
+            return sharded_dataset(shards, split, folder / lists[split], num_classes, f"{name}/{split}", mean, std,
+                                   image_size, resize_size, split_seed, prior_files, priors_required)
         return _list_dataset(folder / lists[split], Path(data_dir), num_classes, f"{name}/{split}", mean, std,
                              image_size, resize_size, split_seed, prior_files, priors_required)
 
@@ -260,22 +289,26 @@ def scan_image_folder(folder: Path, classes: Sequence[str]) -> tuple[list[str], 
 def image_folder(split: str = "train", data_dir: str = "data/custom", train_dir: str = "train", val_dir: str = "val",
                  test_dir: str = "test", prior_list_dir: str | None = None, image_size: int = 224,
                  resize_size: int = 256, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 split_seed: int = 0) -> ImageListDataset:
+                 split_seed: int = 0, shards: str | None = None) -> ImageListDataset:
     """Custom long-tailed data set from folders ``data_dir/{train,test}/<class>/*.jpg`` (classes = training folders).
 
     Shifted test priors come from ``prior_list_dir/test_<prior>.txt`` when present, else they are drawn from the
-    test folder with the spec's procedure (ranking classes by training counts).
+    test folder with the spec's procedure (ranking classes by training counts). ``shards``: a folder of WebDataset
+    shards written by lt-make-shards (training split, and other splits that were written; data_loader/shards.py).
     """
     dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
     if split not in dirs:
         raise ConfigError(f"image_folder: split must be one of {', '.join(dirs)}, got {split!r}")
     root = Path(data_dir)
-    classes = class_folders(root / train_dir)
-    paths, labels = scan_image_folder(root / dirs[split], classes)
     prior_files = {}
     if prior_list_dir is not None and split != "train":
         folder = Path(prior_list_dir)
         prior_files = {f.stem[len("test_"):]: f for f in folder.glob("test_*.txt")}
+    if shards is not None and (split == "train" or has_shards(shards, split)):  # WebDataset shards of the folders
+        return sharded_dataset(shards, split, None, None, f"image_folder/{split}", mean, std, image_size, resize_size,
+                               split_seed, prior_files, False)
+    classes = class_folders(root / train_dir)
+    paths, labels = scan_image_folder(root / dirs[split], classes)
     dataset = ImageListDataset(root, np.asarray([p.encode() for p in paths]), torch.as_tensor(labels, dtype=torch.int64),
                                len(classes), tuple(mean), tuple(std), f"image_folder/{split}", image_size, resize_size,
                                str(root / dirs[split]), prior_files, False, classes, split_seed)

@@ -25,6 +25,7 @@ from longtail.data_loader.loader import BatchLoader
 from longtail.registry import LOADERS
 from longtail.utils.errors import ConfigError
 from longtail.utils.seed import Stream, derive_seed
+from longtail.utils.signals import ignore_stop_signals
 
 SampleKey = tuple[int, int, int]  # (index in the data set, epoch, position in the global epoch order)
 
@@ -60,7 +61,7 @@ class EncodedReader(Dataset):
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, bool, list[float], int]:
         index, epoch, position = key
         try:
-            data, encoded, (width, height) = read_encoded(self.dataset.root / self.dataset.relative_path(index))
+            data, encoded, (width, height) = read_encoded(self.dataset.read_bytes(index))
         except OSError:
             self.dataset.load_image(index)  # raises the data set's error naming the file and its list
             raise
@@ -110,7 +111,9 @@ class EpochBatchSampler(Sampler):
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed Python and NumPy in a worker from torch's per-worker seed (for third-party transforms)."""
+    """Seed Python and NumPy in a worker from torch's per-worker seed (for third-party transforms); stop signals are
+    the main process's to handle."""
+    ignore_stop_signals()
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)

@@ -25,6 +25,7 @@ from longtail.utils.config import config_stem
 from longtail.utils.errors import CheckpointError, ConfigError
 from longtail.utils.logging import get_logger
 from longtail.utils.seed import get_rng_state, seed_everything, set_rng_state
+from longtail.utils.signals import stop_signals
 from longtail.utils.tables import write_csv
 
 
@@ -52,25 +53,32 @@ def write_run_config(run_dir: Path, config: dict[str, Any]) -> None:
 
 
 class StopRequest:
-    """Turns the first Ctrl-C (SIGINT) into a flag checked between steps; a second Ctrl-C aborts immediately."""
+    """Turns the first stop signal into a flag checked between steps, so that the run saves an exact checkpoint and
+    returns: Ctrl-C (SIGINT), and SIGTERM / SIGUSR2, which SLURM sends before it preempts a job or ends it at its time
+    limit (utils/signals.py). A second Ctrl-C aborts immediately; further scheduler signals are only recorded (SLURM
+    and submitit send SIGTERM and SIGUSR2 back to back)."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.received: list[str] = []  # signal names, in order
+        self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if self.requested and signum == signal.SIGINT and "SIGINT" in self.received:
             raise KeyboardInterrupt
         self.requested = True
+        self.received.append(signal.Signals(signum).name)
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            for sig in stop_signals():
+                self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():  # e.g. submitit's requeue handler comes back into force
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
 
 
 class Stage:

@@ -259,7 +259,8 @@ class Trainer(Stage):
                 # the epoch's sums so far travel with the checkpoint: the resumed epoch reports the whole epoch
                 self.partial_epoch = totals.state(time.perf_counter() - start, self.dist.is_distributed)
                 path = self.save("last.pth", epoch - 1, step + 1)
-                self.logger.info(f"interrupted at epoch {epoch} step {step + 1}/{total_steps}; saved {path}. "
+                self.logger.info(f"interrupted ({', '.join(self.stop.received) or 'stop requested'}) at epoch {epoch} "
+                                 f"step {step + 1}/{total_steps}; saved {path}. "
                                  f"Resume with: python train.py -r {path}")
                 return None
         bar.close()

@@ -26,7 +26,7 @@ def loaders(root, tmp_path, decode, **overrides):
 def test_decoded_pixels_equal_pil(imagenet_lt_dir):
     paths = sorted((imagenet_lt_dir / "images").rglob("*.jpg"))[:12]
     for path in paths:
-        data, encoded, size = read_encoded(path)
+        data, encoded, size = read_encoded(path.read_bytes())
         assert encoded and size == Image.open(path).size
         pil = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)
         assert torch.equal(decode_jpeg(data), pil), path
@@ -36,7 +36,7 @@ def test_non_jpeg_files_are_decoded_by_pil(tmp_path):
     path = tmp_path / "x.png"
     pixels = np.random.RandomState(0).randint(0, 256, (9, 7, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path)
-    data, encoded, size = read_encoded(path)
+    data, encoded, size = read_encoded(path.read_bytes())
     assert not encoded and size == (7, 9) and torch.equal(data, torch.from_numpy(pixels).permute(2, 0, 1))
 
 

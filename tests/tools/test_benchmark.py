@@ -121,3 +121,12 @@ def test_gpu_check_needs_a_gpu(capsys) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     assert gpu_check_main(["--skip_tests"]) == 2 and "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_data_throughput_prints_both_layouts_per_core_with_the_cpu_model(capsys) -> None:
+    """Folder vs shards throughput: the same JPEGs, both layouts timed, the CPU model printed with the figures."""
+    assert benchmark_main(["--data_throughput", "6", "--image_size", "40x30", "--augment", "none"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^CPU: .+\(6 JPEGs of 40x30, augment none", out, re.M)
+    rates = [float(x) for x in re.findall(r"([0-9.]+) images/s per core", out)]
+    assert len(rates) == 2 and all(rate > 0 for rate in rates)

@@ -22,12 +22,13 @@ ALLOWED = {
     "methods": {"utils", "registry", "data_loader", "model", "core", "trainer", "evaluation"},
     "pipeline": {"utils", "registry", "data_loader", "model", "core", "trainer", "evaluation"},
     "api": {"utils", "registry", "data_loader", "model", "core", "trainer", "evaluation", "pipeline"},
-    "cli": {"utils", "registry", "data_loader", "model", "core", "trainer", "evaluation", "pipeline", "api"},
+    "cluster": {"utils", "registry", "data_loader", "model", "core", "trainer", "evaluation", "pipeline"},
+    "cli": {"utils", "registry", "data_loader", "model", "core", "trainer", "evaluation", "pipeline", "api", "cluster"},
     "__init__": {"api"},
 }
 # The engine: everything a method plugs into. None of it may name a method (methods register themselves).
-ENGINE_LAYERS = ("utils", "registry", "core", "trainer", "evaluation", "pipeline", "api", "__init__")
-GENERIC_CLI = ("common", "train", "evaluate", "flops", "make_test_priors", "pipeline", "tables")
+ENGINE_LAYERS = ("utils", "registry", "core", "trainer", "evaluation", "pipeline", "cluster", "api", "__init__")
+GENERIC_CLI = ("common", "train", "evaluate", "flops", "make_test_priors", "pipeline", "tables", "sweep", "make_shards")
 SCRIPTS = ("train.py", "test.py", "test_all_cifar.py", "test_all_imagenet.py", "test_all_inat.py")
 METHOD_WORDS = ("ride", "router", "distill", "teacher", "sade", "cbe", "tau_norm", "lws", "lade", "balpoe",
                 "experts_used", "tau_list", "tau_min", "tau_max", "bcl", "ncl", "shike", "mdcs", "dirmixe", "lift")

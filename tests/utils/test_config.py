@@ -17,7 +17,7 @@ from longtail.utils.registry import Registry
 ROOT = Path(__file__).resolve().parents[2]
 # Shipped configs, not the partial files they inherit from (configs/_base_/, see utils/config.py load_config).
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.json")
-                 if not {"_base_", "pipelines"} & set(p.relative_to(ROOT / "configs").parts))
+                 if not {"_base_", "pipelines", "sweeps"} & set(p.relative_to(ROOT / "configs").parts))
 
 
 def test_tau_limits_and_uniform_spacing():
