@@ -16,7 +16,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.functional import pil_to_tensor
 
-from longtail.data_loader.augment import normalize
 from longtail.data_loader.device_decode import DECODE_MODES, DevicePlan, decode_batch, device_plan, keep_list, read_encoded
 from longtail.data_loader.image_lists import ImageListDataset
 from longtail.data_loader.image_transforms import ImageTransform, eval_transform
@@ -131,9 +130,10 @@ class ImageListLoader(BatchLoader):
                          world_size)  # type: ignore[arg-type]
         if decode not in DECODE_MODES:
             raise ConfigError(f"data_loader.args.decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
-        self.transform = augment or eval_transform(dataset.resize_size, dataset.image_size)
+        self.transform = augment or eval_transform(dataset.resize_size, dataset.image_size, dataset.interpolation)
         # decode "device": workers read bytes and draw parameters; JPEGs are decoded and transformed on ``device``
-        self.plan = device_plan(augment, dataset.resize_size, dataset.image_size) if decode == "device" else None
+        self.plan = device_plan(augment, dataset.resize_size, dataset.image_size, dataset.interpolation) \
+            if decode == "device" else None
         self.num_workers, self._device = num_workers, torch.device(device)
         self.batch_sampler = EpochBatchSampler(batch_size, rank, world_size)
         self._torch_loader: DataLoader | None = None
@@ -166,8 +166,8 @@ class ImageListLoader(BatchLoader):
         loader = DataLoader(TwoViewReader(self.dataset, augment, self.seed), batch_sampler=keys, num_workers=workers,
                             pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker if workers > 0 else None)
         for view1, view2 in loader:
-            yield tuple(normalize(v.to(self.device, non_blocking=True), self.dataset.mean, self.dataset.std,  # type: ignore[misc]
-                                  self.channels_last) for v in (view1, view2))
+            yield tuple(self.dataset.model_input(v.to(self.device, non_blocking=True), self.channels_last)  # type: ignore[misc]
+                        for v in (view1, view2))
 
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (normalised float images, targets) of ``epoch`` from batch ``start_step`` on."""
@@ -180,5 +180,4 @@ class ImageListLoader(BatchLoader):
                 images = decode_batch([(data, encoded) for data, encoded, _, _ in batch], self.plan,
                                       [params for _, _, params, _ in batch], self.device)
                 targets = torch.tensor([target for *_, target in batch])
-            yield (normalize(images, self.dataset.mean, self.dataset.std, self.channels_last),
-                   targets.to(self.device, non_blocking=True))
+            yield (self.dataset.model_input(images, self.channels_last), targets.to(self.device, non_blocking=True))

@@ -6,7 +6,7 @@ from typing import Iterator
 
 import torch
 
-from longtail.data_loader.augment import BatchAugment, normalize
+from longtail.data_loader.augment import BatchAugment
 from longtail.registry import AUGMENTS
 from longtail.data_loader.datasets import ImageTensorDataset
 from longtail.registry import SAMPLERS, LOADERS
@@ -98,7 +98,7 @@ class BatchLoader:
             images, targets = self.dataset.images[idx], self.dataset.targets[idx]
             if self.augment is not None:
                 images = self.augment(images, torch_generator(device, self.seed, epoch, step, Stream.AUGMENT, *rank_key))
-            yield normalize(images, self.dataset.mean, self.dataset.std, self.channels_last), targets
+            yield self.dataset.model_input(images, self.channels_last, train=self.augment is not None), targets
 
     def view_order(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         """The images ``idx`` in the seeded shuffled order of test-time epoch ``epoch``."""
@@ -112,4 +112,4 @@ class BatchLoader:
         for step, start in enumerate(range(0, len(order), batch_size)):
             batch = self.dataset.images[order[start:start + batch_size]]
             views = [augment(batch, torch_generator(device, self.seed, epoch, step, tag)) for tag in (Stream.VIEW1, Stream.VIEW2)]
-            yield tuple(normalize(v, self.dataset.mean, self.dataset.std, self.channels_last) for v in views)  # type: ignore[misc]
+            yield tuple(self.dataset.model_input(v, self.channels_last, train=True) for v in views)  # type: ignore[misc]

@@ -16,7 +16,7 @@ import torch.nn as nn
 from longtail.data_loader.factory import DataBundle, build_data
 from longtail.core.logits import masks_for, validation_metrics
 from longtail.core.build import (build_combiner, build_criterion, build_model, build_optimizer, build_scheduler,
-                           check_loss_inputs, num_experts_of)
+                           check_loss_inputs, num_experts_of, parameter_line)
 from longtail.trainer.distributed import any_rank, barrier, convert_sync_batchnorm, sum_over_ranks, wrap_ddp
 from longtail.core.hooks import BuildContext, StepContext, build_sections, overriding
 from longtail.registry import STAGES
@@ -70,10 +70,12 @@ class Trainer(Stage):
         self.masks = masks_for(self.cls_num_list, config["evaluation"])
         ts = self.data.train_set
         self.model = build_model(config, ts.num_classes, ts.image_shape[0], self.cls_num_list).to(device)
-        ctx = BuildContext(config, device, ts.num_classes, ts.image_shape[0], self.cls_num_list, self.resuming)
+        ctx = BuildContext(config, device, ts.num_classes, ts.image_shape[0], self.cls_num_list, self.resuming,
+                           self.data)
         self.sections = build_sections(config)
         for section in self.sections:
             section.setup(self.model, ctx)
+        self.logger.info(parameter_line(self.model))
         if self.cfg_trainer["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.cfg_trainer["sync_batchnorm"] and self.dist.is_distributed:
