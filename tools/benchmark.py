@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import torch
 
 from longtail.data_loader.datasets import dataset_info, synthetic_dataset
-from longtail.data_loader.factory import DataBundle, build_augment, build_data, loader_kind, split_loader_args
+from longtail.data_loader.factory import (DataBundle, build_augment, build_data, input_spec, loader_kind,
+                                          split_loader_args)
 from longtail.data_loader.loader import BatchLoader
 from longtail.core.logits import collect_logits
 from longtail.cli.common import add_set_argument, run_tool, set_overrides
@@ -57,6 +58,9 @@ def synthetic_bundle(config: dict[str, Any], device: torch.device) -> DataBundle
     train = synthetic_dataset(name, "train", dataset_args.get("imb_factor", 0.01), args=dataset_args,
                               max_images=limit).to(device)
     test = synthetic_dataset(name, "test", seed=1, args=dataset_args, max_images=limit).to(device)
+    spec = input_spec(loader_args)  # the model's preprocessing (a foundation backbone's size, mean, std)
+    if spec is not None:
+        train, test = train.with_input(spec), test.with_input(spec)
     channels_last = config["trainer"]["channels_last"]
     kind = loader_kind(name, dataset_args)
     augment = build_augment(kind, loader_args, train.image_shape[-1]) if kind == train.loader_kind else None

@@ -18,7 +18,7 @@ from longtail.registry import COMBINERS
 from longtail.core.hooks import Section, build_sections, check_test_time_blocks, section_validators
 from longtail.data_loader.factory import check_input_block
 from longtail.registry import SECTIONS, STAGES
-from longtail.registry import OPTIMIZERS, SCHEDULERS
+from longtail.registry import OPTIMIZERS, SCHEDULERS, TEST_VIEWS
 from longtail.utils.checkpoint import load_checkpoint, strip_prefixes
 from longtail.utils.config import check_finite, resolve_config
 from longtail.utils.errors import CheckpointError, ConfigError
@@ -53,6 +53,7 @@ def resolve(config: dict[str, Any]) -> dict[str, Any]:
     if "finetuning_combiner" in config:
         config["finetuning_combiner"] = resolve_finetuning_combiner(config["finetuning_combiner"], config)
     check_test_time_blocks(config["evaluation"])
+    TEST_VIEWS.resolve_block(config["evaluation"]["views"], "evaluation.views", config)
     check_finite(config)  # derived values too (a tau list given as text)
     return config
 
@@ -68,8 +69,22 @@ def apply_model_input(config: dict[str, Any]) -> None:
     given = args.get("input") or {}
     if not isinstance(given, dict):
         raise ConfigError(f"data_loader.args.input must be an object (size, resize, interpolation, mean, std), got {given!r}")
-    args["input"] = {**prescribe(config["arch"]["args"], config), **given}
-    check_input_block(args["input"])
+    block = {**prescribe(config["arch"]["args"], config), **given}
+    channels = dataset_channels(config)
+    if "channels" not in block and channels == 1 and len(block.get("mean", ())) == 3:
+        # grey images into a model built with one input channel (timm adapts its first layer): one mean / std
+        block["mean"], block["std"] = [sum(block["mean"]) / 3], [sum(block["std"]) / 3]
+    args["input"] = block
+    check_input_block(block)
+
+
+def dataset_channels(config: dict[str, Any]) -> int:
+    """Image channels of the configured data set as stored (known without reading files)."""
+    from longtail.data_loader.datasets import dataset_info
+    from longtail.data_loader.factory import split_loader_args
+
+    dataset_args, _ = split_loader_args(config["data_loader"])
+    return int(dataset_info(config["data_loader"]["type"], dataset_args)["image_shape"][0])
 
 
 def resolve_finetuning_combiner(block: Any, config: dict[str, Any]) -> dict[str, Any]:

@@ -72,14 +72,20 @@ class ImageTensorDataset:
         self.input, self.mean, self.std = spec, spec.mean, spec.std
         return self
 
-    def model_input(self, images: torch.Tensor, channels_last: bool = False, train: bool = True) -> torch.Tensor:
+    def model_input(self, images: torch.Tensor, channels_last: bool = False, train: bool = True,
+                    views: Any = None) -> torch.Tensor:
         """uint8 batch -> normalised float batch the model takes: channels repeated to the model's count, resized
         to its size (training: the whole image; evaluation: short side to ``resize``, centre crop), bilinear /
-        bicubic resampling with antialiasing (it commutes with the per-channel normalisation)."""
+        bicubic resampling with antialiasing (it commutes with the per-channel normalisation). ``views`` (a
+        TEST_VIEWS entry) turns each image into several (B * V images, the views of an image consecutive)."""
         spec = self.input
         if spec is not None and spec.channels and images.shape[1] != spec.channels:
             images = images.expand(-1, spec.channels, -1, -1)
-        out = normalize(images, self.mean, self.std, channels_last and spec is None)
+        out = normalize(images, self.mean, self.std, channels_last and spec is None and views is None)
+        if views is not None:
+            size, mode = (spec.size, spec.interpolation) if spec is not None else (images.shape[-1], "bilinear")
+            out = views.tensor(out, size, mode)
+            return out.contiguous(memory_format=torch.channels_last) if channels_last else out
         if spec is None:
             return out
         if out.shape[-1] != spec.size or out.shape[-2] != spec.size:

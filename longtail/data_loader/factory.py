@@ -11,7 +11,7 @@ import torch
 from longtail.data_loader.datasets import ImageTensorDataset, dataset_info
 from longtail.registry import DATASETS
 from longtail.data_loader.loader import BatchLoader
-from longtail.registry import LOADERS, SAMPLERS
+from longtail.registry import LOADERS, SAMPLERS, TEST_VIEWS
 from longtail.utils.errors import ConfigError, DataNotFoundError
 
 # Keys of data_loader.args that configure the loader rather than the data set itself.
@@ -154,9 +154,11 @@ def build_augment(kind: str, loader_args: dict[str, Any], image_size: int) -> An
     """
     cls = LOADERS.get(kind, where="data_loader.type")
     spec = input_spec(loader_args)
-    extra = {} if spec is None else {"size": spec.size, "interpolation": spec.interpolation}
-    return cls.augments.build(loader_args.get("augment", cls.default_augment), "data_loader.args.augment",
-                              **{"size": image_size, **extra})
+    block = loader_args.get("augment", cls.default_augment)
+    given = (block.get("args") or {}) if isinstance(block, dict) else {}
+    extra = {} if spec is None else {k: v for k, v in (("size", spec.size), ("interpolation", spec.interpolation))
+                                     if k not in given}  # an interpolation the config names itself wins
+    return cls.augments.build(block, "data_loader.args.augment", **{"size": image_size, **extra})
 
 
 def per_rank_batch_size(batch_size: int, world_size: int) -> int:
@@ -201,7 +203,8 @@ def build_data(config: dict[str, Any], device: torch.device, train: bool = True,
                                      rank=rank, world_size=world_size, **common)
     test_set = build_dataset(config, "test").to(device)
     test_batch = int(config.get("evaluation", {}).get("test_batch_size", 512))
+    views = TEST_VIEWS.build(config.get("evaluation", {}).get("views", "center"), "evaluation.views")
     test_loader = LOADERS.build(test_set.loader_kind, "data_loader", dataset=test_set, batch_size=test_batch,
                                 sampler="sequential", augment=None, drop_last=False, limit_batches=limit_val_batches,
-                                **common)
+                                views=views, **common)
     return DataBundle(train_set, test_set, train_loader, test_loader)

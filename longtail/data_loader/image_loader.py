@@ -9,7 +9,7 @@ Limits: bit-exactness also needs the same PIL/torchvision versions (resampling c
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -43,6 +43,8 @@ class SampleReader(Dataset):
         with torch.random.fork_rng(devices=[]):  # never disturb the caller's global generator (num_workers=0)
             torch.manual_seed(derive_seed(self.seed, epoch, position, Stream.AUGMENT))
             image = self.transform(image)
+        if isinstance(image, (list, tuple)):  # test-time views: (V, C, H, W)
+            return torch.stack([pil_to_tensor(view) for view in image]), int(self.dataset.targets[index])
         return pil_to_tensor(image), int(self.dataset.targets[index])
 
 
@@ -125,12 +127,15 @@ class ImageListLoader(BatchLoader):
     def __init__(self, dataset: ImageListDataset, batch_size: int, sampler: str = "random",
                  augment: ImageTransform | None = None, seed: int = 0, drop_last: bool = False,
                  channels_last: bool = False, limit_batches: int | None = None, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, device: torch.device | str = "cpu", decode: str = "pil") -> None:
+                 num_workers: int = 0, device: torch.device | str = "cpu", decode: str = "pil", views: Any = None) -> None:
         super().__init__(dataset, batch_size, sampler, None, seed, drop_last, channels_last, limit_batches, rank,
                          world_size)  # type: ignore[arg-type]
         if decode not in DECODE_MODES:
             raise ConfigError(f"data_loader.args.decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
-        self.transform = augment or eval_transform(dataset.resize_size, dataset.image_size, dataset.interpolation)
+        if views is not None and (augment is not None or decode == "device"):
+            raise ConfigError("evaluation.views other than 'center' need the PIL test path (data_loader.args.decode 'pil')")
+        self.transform = augment or (views.pil(dataset) if views is not None else
+                                     eval_transform(dataset.resize_size, dataset.image_size, dataset.interpolation))
         # decode "device": workers read bytes and draw parameters; JPEGs are decoded and transformed on ``device``
         self.plan = device_plan(augment, dataset.resize_size, dataset.image_size, dataset.interpolation) \
             if decode == "device" else None
@@ -176,6 +181,8 @@ class ImageListLoader(BatchLoader):
             if self.plan is None:
                 images, targets = batch
                 images = images.to(self.device, non_blocking=True)
+                if images.dim() == 5:  # test-time views: the views of an image consecutive
+                    images = images.flatten(0, 1)
             else:
                 images = decode_batch([(data, encoded) for data, encoded, _, _ in batch], self.plan,
                                       [params for _, _, params, _ in batch], self.device)

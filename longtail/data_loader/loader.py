@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -59,8 +59,10 @@ class BatchLoader:
 
     def __init__(self, dataset: ImageTensorDataset, batch_size: int, sampler: str = "random",
                  augment: BatchAugment | None = None, seed: int = 0, drop_last: bool = False,
-                 channels_last: bool = False, limit_batches: int | None = None, rank: int = 0, world_size: int = 1) -> None:
+                 channels_last: bool = False, limit_batches: int | None = None, rank: int = 0, world_size: int = 1,
+                 views: Any = None) -> None:
         self.dataset, self.batch_size, self.augment, self.seed = dataset, batch_size, augment, seed
+        self.views = views  # test-time views (data_loader/test_views.py): several images per sample
         self.order_fn = SAMPLERS.get(sampler, where="data_loader.args.sampler")
         self.sampler, self.drop_last, self.channels_last = sampler, drop_last, channels_last
         self.limit_batches, self.rank, self.world_size = limit_batches, rank, world_size
@@ -98,7 +100,8 @@ class BatchLoader:
             images, targets = self.dataset.images[idx], self.dataset.targets[idx]
             if self.augment is not None:
                 images = self.augment(images, torch_generator(device, self.seed, epoch, step, Stream.AUGMENT, *rank_key))
-            yield self.dataset.model_input(images, self.channels_last, train=self.augment is not None), targets
+            yield self.dataset.model_input(images, self.channels_last, train=self.augment is not None,
+                                           views=self.views), targets
 
     def view_order(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         """The images ``idx`` in the seeded shuffled order of test-time epoch ``epoch``."""
