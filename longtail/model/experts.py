@@ -129,9 +129,16 @@ class MultiExpertModel(nn.Module):
         if not self.training:
             out = next((o for o in (ext.inference(self, x) for ext in extensions) if o is not None), None)
         if out is None:
-            feat = self.features(x)
-            logits = self.head(feat)
-            out = {"output": logits.mean(dim=1), "logits": logits, "feat": feat}
+            return self.from_features(self.features(x), x)
         for ext in extensions:
+            out = ext.extend(self, x, out)
+        return out
+
+    def from_features(self, feat: torch.Tensor, x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The outputs from pooled features (B, E, D): heads, then the extensions (training on cached features
+        calls this with the features of a frozen backbone and no images)."""
+        logits = self.head(feat)
+        out = {"output": logits.mean(dim=1), "logits": logits, "feat": feat}
+        for ext in self.extensions():
             out = ext.extend(self, x, out)
         return out

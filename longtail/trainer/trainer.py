@@ -18,6 +18,7 @@ from longtail.data_loader.factory import DataBundle, build_data
 from longtail.core.logits import masks_for, validation_metrics
 from longtail.core.build import (build_combiner, build_criterion, build_model, build_optimizer, build_scheduler,
                            check_loss_inputs, num_experts_of)
+from longtail.trainer.feature_cache import cached_training
 from longtail.trainer.distributed import any_rank, barrier, convert_sync_batchnorm, sum_over_ranks, wrap_ddp
 from longtail.core.hooks import BuildContext, StepContext, build_sections, overriding
 from longtail.registry import STAGES
@@ -92,6 +93,8 @@ class Trainer(Stage):
         step_model = self.model
         for section in self.sections:  # e.g. a frozen teacher next to the student
             step_model = section.step_model(step_model, ctx)
+        if self.cfg_trainer["cache_features"]:  # frozen backbone: the heads train on features computed once
+            self.data, step_model = cached_training(self, step_model)
         self.step_model = self._wrap(step_model, options)
         # forward and loss are compiled (AOTAutograd compiles their backward too), then the update; full batches only,
         # so that shapes never change and CUDA graphs can be replayed (a partial last batch would recompile)

@@ -37,6 +37,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "monitor": "off",          # "max val_accuracy" writes best.pth; off by default (no test-set selection)
     "log_interval": 20,        # steps between progress-bar refreshes (each one is a host sync)
     "accumulate_steps": 1,     # micro-batches per optimizer step: effective batch = batch_size x accumulate_steps
+    "cache_features": False,   # frozen backbone: compute the training set's features once, train the heads on them
     "channels_last": True,
     "amp": "off",              # off | bf16 | fp16 | auto (bf16 on GPUs that support it, fp32 elsewhere)
     "compile": False,          # false | true | an inductor mode (default, reduce-overhead = CUDA graphs,
