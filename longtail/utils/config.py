@@ -53,7 +53,7 @@ EVALUATION_DEFAULTS: dict[str, Any] = {
     "test_batch_size": 512,
     "source_prior": "uniform",  # prior the model's posteriors assume (EM test-prior estimation): uniform | train | train^g
     "test_time": {},           # settings of the test-time procedure (e.g. SADE's aggregation, methods/sade.py)
-    "views": "center",         # how each test image is seen (TEST_VIEWS): center | {"type": "five_crop", "args": {...}}
+    "views": {"type": "center", "args": {}},  # how each test image is seen (TEST_VIEWS): --set evaluation.views.type=five_crop
 }
 
 
