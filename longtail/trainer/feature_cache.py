@@ -82,7 +82,7 @@ def cached_training(trainer: Any, step_model: nn.Module) -> tuple[DataBundle, nn
     """The run's data with a training loader over cached features, and the module its steps call."""
     model = trainer.model
     if step_model is not model:
-        raise ConfigError("trainer.cache_features: a config section replaces the trained module (e.g. a teacher); "
+        raise ConfigError("trainer.cache_features: a config section replaces the trained module; "
                           "train without the feature cache")
     check_cacheable(trainer.config, model)
     start = time.perf_counter()
