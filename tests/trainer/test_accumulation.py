@@ -67,3 +67,19 @@ def test_two_groups_are_two_updates_and_bad_values_are_named(cifar10_dir, tmp_pa
     bad["trainer"]["accumulate_steps"] = 0
     with pytest.raises(ConfigError, match="accumulate_steps"):
         resolve(bad)
+
+
+@pytest.mark.slow
+def test_ddp_skips_the_all_reduce_on_micro_batches_that_do_not_end_a_group(cifar10_dir, tmp_path):
+    import contextlib
+    import types
+
+    trainer = Trainer(no_batchnorm_config(cifar10_dir, tmp_path, 8, 2), torch.device("cpu"), quiet=True)
+    entered = []
+    trainer.step_model.no_sync = lambda: contextlib.nullcontext(entered.append(1))  # what DDP provides
+    trainer.dist = types.SimpleNamespace(is_distributed=True)
+    with trainer._gradient_sync(update=False):
+        pass
+    with trainer._gradient_sync(update=True):
+        pass
+    assert entered == [1]  # only the micro-batch that does not end its group skips the gradient all-reduce
