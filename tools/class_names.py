@@ -1,4 +1,5 @@
-"""Write the class-name files of the benchmark data sets (one name per line, line k = label k) into data_txt/.
+"""Write the class-name files of the benchmark data sets (one name per line, line k = label k) into data_txt/
+(``<prefix>classnames.txt`` next to the lists, e.g. ImageNet_LT/ImageNet_LT_classnames.txt).
 
 python -m tools.class_names --inat_categories /path/to/iNat2018/categories.json
 
@@ -43,24 +44,26 @@ def write(path: Path, names: list[str]) -> None:
     print(f"wrote {path} ({len(names)} names)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m tools.class_names``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inat_categories", help="categories.json of iNaturalist 2018 (official annotations)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
     wnids = folder_per_label(ROOT / "data_txt/ImageNet_LT/ImageNet_LT_test.txt", slice(1, 2))
     assert [wnids[i] for i in range(1000)] == sorted(wnids.values()), "ImageNet-LT labels are not in WordNet-id order"
-    write(ROOT / "data_txt/ImageNet_LT/classnames.txt", list(IMAGENET_CLASSNAMES))
+    write(ROOT / "data_txt/ImageNet_LT/ImageNet_LT_classnames.txt", list(IMAGENET_CLASSNAMES))
     scenes = folder_per_label(ROOT / "data_txt/Places_LT_v2/Places_LT_train.txt", slice(2, -1))
-    write(ROOT / "data_txt/Places_LT_v2/classnames.txt",
+    write(ROOT / "data_txt/Places_LT_v2/Places_LT_classnames.txt",
           [scenes[i].replace("/", " ").replace("_", " ") for i in range(len(scenes))])
-    write(ROOT / "data_txt/CIFAR100/classnames.txt", CIFAR100)
+    write(ROOT / "data_txt/CIFAR100/CIFAR100_classnames.txt", CIFAR100)
     if args.inat_categories:
         categories = json.loads(Path(args.inat_categories).read_text())
         by_id = {int(c["id"]): c["name"] for c in categories}
-        write(ROOT / "data_txt/iNaturalist18/classnames.txt", [by_id[i] for i in range(len(by_id))])
+        write(ROOT / "data_txt/iNaturalist18/iNaturalist18_classnames.txt", [by_id[i] for i in range(len(by_id))])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -178,7 +178,7 @@ class ImageListDataset:
 
 
 def read_class_names(path: Path, num_classes: int) -> list[str]:
-    """One class name per line (line k = label k) from ``<txt_dir>/classnames.txt``; [] when there is no such file."""
+    """One class name per line (line k = label k) from ``<txt_dir>/<prefix>classnames.txt``; [] when there is no such file."""
     if not path.is_file():
         return []
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
@@ -229,7 +229,7 @@ def _register_txt(name: str, title: str, data_dir: str, txt_dir: str, prefix: st
             prior_files = {p: folder / f"{prior_list_prefix}{p}.txt" for p in names}
         dataset = _list_dataset(folder / lists[split], Path(data_dir), num_classes, f"{name}/{split}", mean, std,
                                 image_size, resize_size, split_seed, prior_files, priors_required)
-        dataset.class_names = read_class_names(folder / "classnames.txt", num_classes)
+        dataset.class_names = read_class_names(folder / f"{prior_list_prefix}classnames.txt", num_classes)
         return dataset
 
     build.__name__ = name

@@ -6,7 +6,7 @@ feature of the class name's prompts (CLIP text tower of an ``open_clip`` model; 
 {}.", "imagenet" = CLIP's 80 ImageNet prompts (their mean), "classname" = "{}", or a list of strings with {}).
 ``{"type": "class_mean"}``: row c is the normalised mean feature of the class's training images (test transform, any
 backbone). Class names come from ``head_init.class_names`` (a file, one name per line), else the data set (CIFAR's
-meta file, ``<txt_dir>/classnames.txt`` of the list data sets). Not applied when resuming (the checkpoint has the
+meta file, ``<txt_dir>/<prefix>classnames.txt`` of the list data sets). Not applied when resuming (the checkpoint has the
 trained heads).
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def class_names(spec: dict[str, Any], dataset: Any, num_classes: int) -> list[st
         names = list(getattr(dataset, "class_names", None) or [])
     if len(names) != num_classes:
         raise ConfigError(f"head_init needs {num_classes} class names but found {len(names)}: give a file with one "
-                          "name per line as head_init.class_names (data_txt/<data set>/classnames.txt ships them)")
+                          "name per line as head_init.class_names (data_txt/<data set>/<prefix>classnames.txt ships them)")
     return [name.replace("_", " ") for name in names]
 
 

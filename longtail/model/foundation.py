@@ -536,6 +536,8 @@ def open_clip_model(num_classes: int, model_name: str, pretrained: str | None = 
     clip.visual = None  # the text tower stays outside the image model
     logit_scale = float(clip.logit_scale.detach().exp()) if hasattr(clip, "logit_scale") else 100.0
     tower = TextTower(clip, open_clip.get_tokenizer(model_name), getattr(visual, "proj", None), project, logit_scale)
+    if not project and getattr(visual, "proj", None) is not None:
+        visual.proj = None  # unused by the pooled-width features (the text tower keeps its copy for the mapping)
     model = wrap(visual, identity, num_classes, num_experts, use_norm, s, expert_blocks, project, "arch.args")
     model.__dict__["text_tower"] = tower  # plain attribute: never a submodule, never saved
     return model

@@ -254,13 +254,13 @@ def test_shipped_class_names_follow_the_label_order():
     from longtail.data_loader.image_lists import read_class_names
     from longtail.utils.resources import find_shipped
 
-    imagenet = read_class_names(find_shipped("data_txt/ImageNet_LT", "data_txt") / "classnames.txt", 1000)
+    imagenet = read_class_names(find_shipped("data_txt/ImageNet_LT", "data_txt") / "ImageNet_LT_classnames.txt", 1000)
     assert imagenet[0] == "tench" and imagenet[1] == "goldfish"  # n01440764, n01443537: labels 0 and 1 of the lists
-    places = read_class_names(find_shipped("data_txt/Places_LT_v2", "data_txt") / "classnames.txt", 365)
+    places = read_class_names(find_shipped("data_txt/Places_LT_v2", "data_txt") / "Places_LT_classnames.txt", 365)
     first = (find_shipped("data_txt/Places_LT_v2", "data_txt") / "Places_LT_train.txt").read_text().split("\n", 1)[0]
     assert first.endswith(" 0") and places[0] == first.split("/")[2] == "airfield"
-    inat = read_class_names(find_shipped("data_txt/iNaturalist18", "data_txt") / "classnames.txt", 8142)
+    inat = read_class_names(find_shipped("data_txt/iNaturalist18", "data_txt") / "iNaturalist18_classnames.txt", 8142)
     assert len(set(inat)) == 8142
     with pytest.raises(Exception, match="365 classes"):
-        read_class_names(find_shipped("data_txt/ImageNet_LT", "data_txt") / "classnames.txt", 365)
-    assert DATASETS.get("imagenet_lt")  # the list data sets read <txt_dir>/classnames.txt (class_names)
+        read_class_names(find_shipped("data_txt/ImageNet_LT", "data_txt") / "ImageNet_LT_classnames.txt", 365)
+    assert DATASETS.get("imagenet_lt")  # the list data sets read <txt_dir>/<prefix>classnames.txt

@@ -103,7 +103,8 @@ VIT_ADAPTERS = {"type": "timm", "args": {"model_name": "test_vit", "pretrained":
     ("configs/fmnist_ir100/balpoe.json", {"trainer.amp": "fp16", "grad_clip": {"max_norm": 1.0}}),
     # a ViT with per-expert AdaptFormer blocks, resized inputs (the model's preprocessing), micro-batches
     ("configs/fmnist_ir100/balpoe.json", {"arch": VIT_ADAPTERS, "trainer.accumulate_steps": 2}),
-    ("configs/cifar100_ir100/balpoe_standard.json", {"arch": VIT_ADAPTERS, "data_loader.args.augment": {"type": "resized_crop", "args": {}}}),
+    pytest.param("configs/cifar100_ir100/balpoe_standard.json", {"arch": VIT_ADAPTERS, "data_loader.args.augment": {
+        "type": "resized_crop", "args": {}}}, marks=pytest.mark.slow),
 ])
 def test_no_host_sync_per_training_step(config, overrides, monkeypatch):
     trainer = trainer_for(config, **{"data_loader.args.batch_size": 16, **overrides})
