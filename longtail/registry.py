@@ -29,6 +29,8 @@ LOSSES = Registry("loss")
 WEIGHT_FORMATS = Registry("weight format")  # init_from.format: how a weights file maps onto a model
 # arch.<key> blocks besides type/args: builder(model, block) -> ModelExtension attached under <key> (model/experts.py)
 MODEL_EXTENSIONS = Registry("model extension")
+# arch.peft.type: parameter-efficient fine-tuning of a backbone, fn(model, **args) (model/peft.py)
+PEFT = Registry("parameter-efficient fine-tuning method")
 
 # ---- what a run is built from (longtail.core)
 OPTIMIZERS = Registry("optimizer")
@@ -40,6 +42,8 @@ STAGES = Registry("stage")  # how a run trains: "sgd" (trainer/trainer.py) or a 
 # ---- evaluation (longtail.evaluation)
 POSTHOC = Registry("post-hoc correction")
 AGGREGATIONS = Registry("expert aggregation")  # test-time procedures (evaluation.test_time.<name>)
+# evaluation.views: how the logits pass sees each test image (one centre view, five crops, ...), core/logits.py
+TEST_VIEWS = Registry("test-time view")
 REPORTERS = Registry("report")
 # checkpoints of other code bases: fn(path) -> evaluation.hooks.ForeignWeights, or None when the file is not theirs
 CHECKPOINT_READERS = Registry("checkpoint reader")

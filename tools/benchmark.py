@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import torch
 
 from longtail.data_loader.datasets import dataset_info, synthetic_dataset
-from longtail.data_loader.factory import DataBundle, build_augment, build_data, loader_kind, split_loader_args
+from longtail.data_loader.factory import (DataBundle, build_augment, build_data, input_spec, loader_kind,
+                                          split_loader_args)
 from longtail.data_loader.loader import BatchLoader
 from longtail.core.logits import collect_logits
 from longtail.cli.common import add_set_argument, run_tool, set_overrides
@@ -58,6 +59,9 @@ def synthetic_bundle(config: dict[str, Any], device: torch.device) -> DataBundle
     train = synthetic_dataset(name, "train", dataset_args.get("imb_factor", 0.01), args=dataset_args,
                               max_images=limit).to(device)
     test = synthetic_dataset(name, "test", seed=1, args=dataset_args, max_images=limit).to(device)
+    spec = input_spec(loader_args)  # the model's preprocessing (a foundation backbone's size, mean, std)
+    if spec is not None:
+        train, test = train.with_input(spec), test.with_input(spec)
     channels_last = config["trainer"]["channels_last"]
     kind = loader_kind(name, dataset_args)
     augment = build_augment(kind, loader_args, train.image_shape[-1]) if kind == train.loader_kind else None
@@ -117,7 +121,8 @@ def run_benchmark(config: dict[str, Any], device: torch.device, steps: int, warm
     start = time.perf_counter()
     collect_logits(trainer.model, subset, trainer.amp)
     eval_rate = n_eval / (time.perf_counter() - start)
-    return trainer, {"train_images_per_s": train["images_per_s"], "eval_images_per_s": eval_rate,
+    cache = {"feature_cache_s": trainer.feature_cache_seconds} if hasattr(trainer, "feature_cache_seconds") else {}
+    return trainer, {**cache, "train_images_per_s": train["images_per_s"], "eval_images_per_s": eval_rate,
                      "train_epoch_s_estimate": epoch_images(config, data) / train["images_per_s"],
                      "bare_images_per_s": bare, "peak_memory_mib": peak_memory_mb(device)}
 
@@ -296,6 +301,8 @@ def benchmark_config(args: argparse.Namespace, config: dict[str, Any], device: t
     print(f"train: {result['train_images_per_s']:.1f} images/s  (epoch of the training set ~ {result['train_epoch_s_estimate']:.1f} s)")
     print(f"bare model forward+loss+backward (no data, mixup or optimizer): {result['bare_images_per_s']:.1f} images/s")
     print(f"eval:  {result['eval_images_per_s']:.1f} images/s")
+    if "feature_cache_s" in result:  # trainer.cache_features: the one pass of the frozen backbone over the training set
+        print(f"feature cache: {result['feature_cache_s']:.1f} s once (then the training steps above run on the cache)")
     print(f"peak memory: {result['peak_memory_mib']:.0f} MiB", flush=True)
     if args.compare > 0:
         compare_original_style(config, device, args.steps, args.warmup, args.synthetic, args.compare,

@@ -9,7 +9,11 @@ python -m tools.gpu_check [--out DIR] [--skip_tests] [--steps N]
    ResNeXt-50 with 3 experts (in-memory synthetic 224 px images: the model's rate, not JPEG decoding);
 3. JPEG decoding + the imagenet augmentation: images/s of the PIL worker path vs ``decode: device`` on synthetic
    500x375 JPEGs;
-4. the time of evaluating every test prior of iNaturalist 2018 (24,426 x 3 x 8,142 logits) on the device.
+4. the time of evaluating every test prior of iNaturalist 2018 (24,426 x 3 x 8,142 logits) on the device;
+5. foundation models: ViT-B/16 + AdaptFormer at 224 px (LIFT's ImageNet-LT config) with a frozen base vs full
+   fine-tuning, compiled, a linear probe on cached features, and 3 adapter experts (random-initialised weights of the
+   same architecture: speed only), with the time LIFT's 10-epoch schedule would take.
+   ``--only ViT-B/16`` runs just these rows (about 5 minutes).
 
 Prints Markdown (and writes ``gpu_check.md`` into ``--out``); paste it into the README's GPU section.
 """
@@ -33,6 +37,12 @@ from longtail.utils.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = "configs/cifar100_ir100/balpoe_standard.json"
 IMAGENET = "configs/imagenet_lt/balpoe_resnext50_standard.json"
+LIFT = "configs/imagenet_lt/lift_clip_vit_b16.json"
+BALANCED_ADAPTERS = "configs/imagenet_lt/balpoe_clip_vit_b16_adapters.json"
+# foundation rows: random-initialised weights of the same architecture (the machine cannot download CLIP; the speed
+# is the same), no text-initialised head (synthetic data has no class names); "_drop" removes top-level blocks
+NO_WEIGHTS = {"arch.args.pretrained": None, "_drop": ["head_init"]}
+LIFT_IMAGES = 115_846 * 10  # LIFT's ImageNet-LT schedule: 10 epochs of the training list
 # (label, config, overrides): every switch of the issue's table
 SETTINGS: list[tuple[str, str, dict[str, Any]]] = [
     ("CIFAR-100-LT BalPoE, eager fp32, looped experts", CIFAR, {"trainer.amp": "off"}),
@@ -45,6 +55,15 @@ SETTINGS: list[tuple[str, str, dict[str, Any]]] = [
     ("ImageNet-LT BalPoE ResNeXt-50 x3, eager fp32", IMAGENET, {"trainer.amp": "off"}),
     ("ImageNet-LT BalPoE ResNeXt-50 x3, eager bf16", IMAGENET, {"trainer.amp": "bf16"}),
     ("ImageNet-LT BalPoE ResNeXt-50 x3, compile bf16", IMAGENET, {"trainer.amp": "bf16", "trainer.compile": "default"}),
+    ("ImageNet-LT LIFT ViT-B/16 224 px + AdaptFormer (frozen base), bf16", LIFT, {"trainer.amp": "bf16", **NO_WEIGHTS}),
+    ("ImageNet-LT LIFT ViT-B/16 224 px + AdaptFormer (frozen base), compile bf16", LIFT,
+     {"trainer.amp": "bf16", "trainer.compile": "default", **NO_WEIGHTS}),
+    ("ImageNet-LT ViT-B/16 224 px full fine-tuning, bf16", LIFT, {"trainer.amp": "bf16", "arch.peft": {"type": "full", "args": {}}, **NO_WEIGHTS}),
+    ("ImageNet-LT ViT-B/16 224 px linear probe on cached features, bf16", LIFT,
+     {"trainer.amp": "bf16", "arch.peft": {"type": "linear", "args": {}}, "trainer.cache_features": True,
+      "data_loader.args.augment": {"type": "none", "args": {}}, **NO_WEIGHTS}),
+    ("ImageNet-LT balanced experts: 3 adapter experts on frozen ViT-B/16 (1.33 passes), bf16", BALANCED_ADAPTERS,
+     {"trainer.amp": "bf16", **NO_WEIGHTS}),
 ]
 
 
@@ -53,11 +72,23 @@ def run_gpu_tests() -> int:
     return subprocess.call([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], cwd=ROOT)
 
 
-def throughput_rows(device: torch.device, steps: int, warmup: int) -> list[dict[str, Any]]:
-    """Benchmark every setting; a setting that fails (e.g. a compiler error) is reported, not fatal."""
+def setting_config(path: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config of a setting (``_drop``: top-level blocks removed first)."""
+    overrides = dict(overrides)
+    config = load_config(ROOT / path)
+    for key in overrides.pop("_drop", []):
+        config.pop(key, None)
+    return resolve(apply_overrides(config, list(overrides.items())))
+
+
+def throughput_rows(device: torch.device, steps: int, warmup: int, only: str | None = None) -> list[dict[str, Any]]:
+    """Benchmark every setting (``only``: those whose label contains it); a setting that fails (e.g. a compiler
+    error) is reported, not fatal."""
     rows = []
     for label, path, overrides in SETTINGS:
-        config = resolve(apply_overrides(load_config(ROOT / path), list(overrides.items())))
+        if only and only.lower() not in label.lower():
+            continue
+        config = setting_config(path, overrides)
         start = time.perf_counter()
         try:
             _, result = run_benchmark(config, device, steps, warmup, eval_batches=10, synthetic=True)
@@ -120,6 +151,11 @@ def markdown(rows: list[dict[str, Any]], device: torch.device, priors: dict[str,
         lines.append(f"| {r['setting']} | {r['batch']} | {r['train_images_per_s']:.0f} | "
                      f"{r['train_epoch_s_estimate']:.1f} s | {r['bare_images_per_s']:.0f} | {r['eval_images_per_s']:.0f} | "
                      f"{r['peak_memory_mib'] / 1024:.1f} GiB |")
+    lift = [r for r in rows if "LIFT" in r["setting"] and "error" not in r]
+    for r in lift:
+        lines += ["", f"{r['setting']}: LIFT's ImageNet-LT schedule (10 epochs x 115,846 images) would take "
+                      f"{LIFT_IMAGES / r['train_images_per_s'] / 60:.1f} min of training at {r['train_images_per_s']:.0f} "
+                      "images/s (target: under 15 min, about 1,300 images/s on one H100 in bf16)"]
     if decode:
         lines += ["", f"ImageNet-style loading (500x375 JPEGs, random resized crop + flip + jitter, batch 128, 8 workers): "
                       f"PIL workers {decode['pil']:.0f} images/s, decode on the device {decode['device']:.0f} images/s"]
@@ -137,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=30, help="timed training steps per setting")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps per setting (compilation happens here)")
     p.add_argument("-d", "--device", default="cuda", help="cuda (default); cpu only to try the script itself")
+    p.add_argument("--only", help="only the throughput settings whose label contains this text (e.g. ViT-B/16); "
+                                  "skips the decode and prior-evaluation figures")
     return p
 
 
@@ -146,10 +184,13 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("no CUDA GPU is visible: the device check runs on a GPU machine (CI never runs it)")
     code = 0 if args.skip_tests else run_gpu_tests()
-    rows = throughput_rows(device, args.steps, args.warmup)
-    priors = benchmark_prior_evaluation(resolve(load_config(ROOT / "configs/inat2018/balpoe_resnet50_standard.json")),
-                                        device)
-    text = markdown(rows, device, priors, decode_rates(device))
+    rows = throughput_rows(device, args.steps, args.warmup, args.only)
+    if args.only:
+        text = markdown(rows, device, None)
+    else:
+        priors = benchmark_prior_evaluation(resolve(load_config(ROOT / "configs/inat2018/balpoe_resnet50_standard.json")),
+                                            device)
+        text = markdown(rows, device, priors, decode_rates(device))
     print(text)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

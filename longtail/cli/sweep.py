@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 from longtail.cli.common import add_set_argument, positive_int, run_tool, set_overrides

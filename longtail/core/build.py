@@ -16,8 +16,9 @@ from longtail.registry import LOSSES, MODEL_EXTENSIONS, MODELS
 from longtail.core.combiner import Combiner
 from longtail.registry import COMBINERS
 from longtail.core.hooks import Section, build_sections, check_test_time_blocks, section_validators
+from longtail.data_loader.factory import check_input_block
 from longtail.registry import SECTIONS, STAGES
-from longtail.registry import OPTIMIZERS, SCHEDULERS
+from longtail.registry import OPTIMIZERS, SCHEDULERS, TEST_VIEWS
 from longtail.utils.checkpoint import load_checkpoint, strip_prefixes
 from longtail.utils.config import check_finite, resolve_config
 from longtail.utils.errors import CheckpointError, ConfigError
@@ -48,11 +49,42 @@ def resolve(config: dict[str, Any]) -> dict[str, Any]:
     for key in extensions:
         MODEL_EXTENSIONS.get(key, where=f"arch.{key}")
     config["arch"] = MODELS.resolve_block(arch, "arch", config, extensions)
+    apply_model_input(config)
     if "finetuning_combiner" in config:
         config["finetuning_combiner"] = resolve_finetuning_combiner(config["finetuning_combiner"], config)
     check_test_time_blocks(config["evaluation"])
+    TEST_VIEWS.resolve_block(config["evaluation"]["views"], "evaluation.views", config)
     check_finite(config)  # derived values too (a tau list given as text)
     return config
+
+
+def apply_model_input(config: dict[str, Any]) -> None:
+    """Preprocessing that the model prescribes (a MODELS entry's ``input_config(args, config)``: size, resize,
+    interpolation, mean, std of a pretrained backbone) goes into ``data_loader.args.input``; keys the config sets
+    there itself win. The data pipeline reads only that block (data and model meet here, in core)."""
+    prescribe = getattr(MODELS.get(config["arch"]["type"]), "input_config", None)
+    if prescribe is None:
+        return
+    args = config["data_loader"].setdefault("args", {})
+    given = args.get("input") or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"data_loader.args.input must be an object (size, resize, interpolation, mean, std), got {given!r}")
+    block = {**prescribe(config["arch"]["args"], config), **given}
+    channels = dataset_channels(config)
+    if "channels" not in block and channels == 1 and len(block.get("mean", ())) == 3:
+        # grey images into a model built with one input channel (timm adapts its first layer): one mean / std
+        block["mean"], block["std"] = [sum(block["mean"]) / 3], [sum(block["std"]) / 3]
+    args["input"] = block
+    check_input_block(block)
+
+
+def dataset_channels(config: dict[str, Any]) -> int:
+    """Image channels of the configured data set as stored (known without reading files)."""
+    from longtail.data_loader.datasets import dataset_info
+    from longtail.data_loader.factory import split_loader_args
+
+    dataset_args, _ = split_loader_args(config["data_loader"])
+    return int(dataset_info(config["data_loader"]["type"], dataset_args)["image_shape"][0])
 
 
 def resolve_finetuning_combiner(block: Any, config: dict[str, Any]) -> dict[str, Any]:
@@ -72,16 +104,17 @@ def resolve_finetuning_combiner(block: Any, config: dict[str, Any]) -> dict[str,
 
 
 def build_model(config: dict[str, Any], num_classes: int, in_channels: int,
-                cls_num_list: Sequence[int] | None = None) -> nn.Module:
+                cls_num_list: Sequence[int] | None = None, load_weights: bool = True) -> nn.Module:
     """The configured architecture plus the extensions its ``arch`` block names; class count, input channels and
-    training counts come from the data set (architectures that do not take ``cls_num_list`` never see it)."""
+    training counts come from the data set (architectures that do not take ``cls_num_list`` never see it).
+    ``load_weights=False``: pretrained backbones stay randomly initialised (shape-only builds, no file needed)."""
     arch = config["arch"]
     counts = {} if cls_num_list is None else {"cls_num_list": list(cls_num_list)}
     extensions = [key for key in arch if key not in ARCH_BLOCK_KEYS] if isinstance(arch, dict) else []
     for key in extensions:
         MODEL_EXTENSIONS.get(key, where=f"arch.{key}")
     net = MODELS.build(arch, "arch", siblings=tuple(extensions), num_classes=num_classes, in_channels=in_channels,
-                       **counts)
+                       load_weights=load_weights, **counts)
     for key in extensions:
         if not hasattr(net, "add_extension"):
             raise ConfigError(f"arch.{key} needs a multi-expert backbone (resnet32, resnet50, ...), but arch.type "
@@ -192,10 +225,55 @@ def load_stage_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
                               f"e.g. --set {key}=saved/<name>/seed<seed>-<time>/last.pth") from None
 
 
-def load_weights(net: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load of a checkpoint's weights (wrapper prefixes stripped); a mismatch names the file and the cause."""
+def model_state(net: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(weights to checkpoint, base identity): a model whose frozen weights come from a pretrained file
+    (``base_weights``, model/experts.py) saves only the other tensors plus the file's identity, else everything."""
+    weights = net.state_dict()
+    base = getattr(net, "base_weights", None)
+    if base is None:
+        return weights, None
+    frozen = base.frozen_names(net)
+    return {k: v for k, v in weights.items() if k not in frozen}, dict(base.identity)
+
+
+def parameter_counts(net: nn.Module) -> dict[str, int]:
+    """Trainable and total parameter counts (shared tensors once)."""
+    params = list(net.parameters())
+    return {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
+
+
+def parameter_line(net: nn.Module) -> str:
+    """The line every run logs: trainable parameters, their fraction, and where the frozen base comes from."""
+    counts = parameter_counts(net)
+    base = getattr(net, "base_weights", None)
+    origin = f"; base weights {base.identity['library']}:{base.identity['model']} {base.identity.get('tag') or ''} " \
+             f"(SHA-256 {base.identity['sha256'][:12]}...)" if base is not None else ""
+    return (f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} "
+            f"({100.0 * counts['trainable'] / max(counts['total'], 1):.3f}%){origin}")
+
+
+def load_weights(net: nn.Module, state_dict: dict[str, torch.Tensor], source: str,
+                 base: dict[str, Any] | None = None) -> None:
+    """Strict load of a checkpoint's weights (wrapper prefixes stripped); a mismatch names the file and the cause.
+
+    A checkpoint with a ``base`` identity holds only the tensors that are not the pretrained file's: the model must
+    have been rebuilt from the same file (same SHA-256), and exactly the file's parameters may be absent."""
+    weights = strip_prefixes(state_dict)
     try:
-        net.load_state_dict(strip_prefixes(state_dict))
+        if base is None:
+            net.load_state_dict(weights)
+            return
+        own = getattr(net, "base_weights", None)
+        if own is None or own.identity.get("sha256") != base.get("sha256"):
+            have = "no pretrained file" if own is None else f"{own.identity.get('file')} (SHA-256 {own.identity.get('sha256', '')[:16]}...)"
+            raise CheckpointError(f"{source} holds the trained tensors of a model whose base weights are "
+                                  f"{base.get('library')}:{base.get('model')} {base.get('tag') or ''} from {base.get('file')} "
+                                  f"(SHA-256 {str(base.get('sha256'))[:16]}...), but the rebuilt model has {have}; "
+                                  "point arch.args.pretrained_file at the original file")
+        missing, unexpected = net.load_state_dict(weights, strict=False)
+        absent = sorted(set(missing) - own.names(net))
+        if absent or unexpected:
+            raise RuntimeError(f"missing keys {absent[:5]}, unexpected keys {sorted(unexpected)[:5]}")
     except RuntimeError as exc:
         raise CheckpointError(f"{source}: the weights do not fit the model its config describes (different "
                               f"arch.args, class count or data set?): {str(exc).splitlines()[0]}") from None
@@ -204,10 +282,11 @@ def load_weights(net: nn.Module, state_dict: dict[str, torch.Tensor], source: st
 def input_channels(config: dict[str, Any]) -> int:
     """Image channels of the configured data set (known without reading files)."""
     from longtail.data_loader.datasets import dataset_info
-    from longtail.data_loader.factory import split_loader_args
+    from longtail.data_loader.factory import model_input_shape, split_loader_args
 
-    dataset_args, _ = split_loader_args(config["data_loader"])
-    return int(dataset_info(config["data_loader"]["type"], dataset_args)["image_shape"][0])
+    dataset_args, loader_args = split_loader_args(config["data_loader"])
+    shape = dataset_info(config["data_loader"]["type"], dataset_args)["image_shape"]
+    return int(model_input_shape(shape, loader_args)[0])
 
 
 def model_from_checkpoint(state: dict[str, Any], source: str,
@@ -229,7 +308,7 @@ def model_from_checkpoint(state: dict[str, Any], source: str,
     weights = state["model"]
     for section in build_sections(config):  # e.g. a weight EMA evaluates its average instead of the trained weights
         weights = section.eval_weights(weights, state.get("sections", {}).get(section.name))
-    load_weights(net, weights, source)
+    load_weights(net, weights, source, state.get("base"))
     return net.eval(), config
 
 
@@ -237,7 +316,7 @@ def build_without_data(config: dict[str, Any]) -> dict[str, Any]:
     """Validate a resolved config and build every object from the data set's registered shape (no files needed)."""
     from longtail.data_loader.datasets import dataset_info
     from longtail.registry import DATASETS
-    from longtail.data_loader.factory import build_augment, split_loader_args
+    from longtail.data_loader.factory import build_augment, model_input_shape, split_loader_args
 
     dataset_args, loader_args = split_loader_args(config["data_loader"])
     name = config["data_loader"].get("type")
@@ -245,7 +324,8 @@ def build_without_data(config: dict[str, Any]) -> dict[str, Any]:
     DATASETS.validate_args(name, dataset_args, "data_loader.args", code_supplied={"split"})
     info = dataset_info(name, dataset_args)
     counts = info["cls_num_list"]
-    net = build_model(config, info["num_classes"], info["image_shape"][0], counts)
+    shape = model_input_shape(info["image_shape"], loader_args)
+    net = build_model(config, info["num_classes"], shape[0], counts, load_weights=False)
     sections = build_sections(config)
     criterion = build_criterion(config, counts, num_experts_of(net))
     check_loss_inputs(criterion, net, sections)
@@ -253,5 +333,5 @@ def build_without_data(config: dict[str, Any]) -> dict[str, Any]:
     optimizer = build_optimizer(config, net)
     augment = build_augment(info.get("loader", "tensor"), loader_args, info["image_shape"][-1])
     return {"model": net, "criterion": criterion, "optimizer": optimizer, "scheduler": build_scheduler(config, optimizer),
-            "combiner": build_combiner(config), "augment": augment, "image_shape": info["image_shape"],
+            "combiner": build_combiner(config), "augment": augment, "image_shape": shape,
             "cls_num_list": counts, "sections": sections}

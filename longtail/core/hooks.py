@@ -35,6 +35,7 @@ class BuildContext:
     in_channels: int
     cls_num_list: list[int]
     resuming: bool = False  # weights come from the run's own checkpoint (do not load earlier stages' files)
+    data: Any = None  # the run's DataBundle when the stage has built one (e.g. to initialise heads from features)
 
 
 class Section:

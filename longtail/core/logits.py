@@ -18,6 +18,7 @@ def collect_logits(model: nn.Module, loader: BatchLoader, amp: str = "off",
                    extras: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-expert logits (N, E, C) as float32 and the targets (N,), in one pass over ``loader``, left on the
     loader's device: every test prior is then an index subset evaluated there (no host copy of the logits).
+    A loader with test-time views (``evaluation.views``) yields V images per target; their logits are averaged.
 
     When ``extras`` is a dict, the model's ``per_sample_outputs`` (declared by its extensions) are stored in it
     (tensors of length N on the same device).
@@ -29,11 +30,14 @@ def collect_logits(model: nn.Module, loader: BatchLoader, amp: str = "off",
     for images, target in loader.batches(0):
         with autocast_context(loader.device, amp):
             out = model(images)
-        chunks.append(out["logits"].float())
+        views = images.shape[0] // max(target.shape[0], 1)  # test-time views (evaluation.views): mean of their logits
+        logits = out["logits"].float()
+        chunks.append(logits.view(target.shape[0], views, *logits.shape[1:]).mean(1) if views > 1 else logits)
         targets.append(target)
         for key in keys:
             if key in out:
-                kept[key].append(out[key])
+                value = out[key]
+                kept[key].append(value.view(target.shape[0], views, *value.shape[1:]).float().mean(1) if views > 1 else value)
     if extras is not None:
         extras.update({key: torch.cat(values) for key, values in kept.items() if values})
     return torch.cat(chunks), torch.cat(targets)

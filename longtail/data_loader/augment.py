@@ -295,6 +295,59 @@ class BatchAugment:
                 f"autoaugment={self.autoaugment}, cutout={self.cutout})")
 
 
+def resized_crop_boxes(b: int, h: int, w: int, scale: Sequence[float], ratio: Sequence[float], gen: torch.Generator,
+                       device: torch.device) -> torch.Tensor:
+    """(B, 4) boxes (top, left, height, width) of RandomResizedCrop: area ~ U(scale) * h * w, log aspect ~ U(log
+    ratio), the first of 10 draws that fits, else the centre crop with the ratio clamped (torchvision's rule)."""
+    area = h * w * _uniform(b * 10, scale[0], scale[1], gen, device).view(b, 10)
+    aspect = torch.exp(_uniform(b * 10, math.log(ratio[0]), math.log(ratio[1]), gen, device)).view(b, 10)
+    cw, ch = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = torch.where(fits.any(1), fits.float().argmax(1), torch.zeros(b, dtype=torch.long, device=device))
+    cw, ch = cw.gather(1, first[:, None])[:, 0], ch.gather(1, first[:, None])[:, 0]
+    in_ratio = w / h  # fallback: the whole image at the clamped aspect ratio
+    fw = float(w if min(ratio) <= in_ratio <= max(ratio) else (round(h * min(ratio)) if in_ratio < min(ratio) else w))
+    fh = float(h if min(ratio) <= in_ratio <= max(ratio) else (h if in_ratio < min(ratio) else round(w / max(ratio))))
+    ok = fits.any(1)
+    cw, ch = torch.where(ok, cw, torch.full_like(cw, fw)), torch.where(ok, ch, torch.full_like(ch, fh))
+    top = torch.floor(torch.rand(b, generator=gen, device=device) * (h - ch + 1))
+    left = torch.floor(torch.rand(b, generator=gen, device=device) * (w - cw + 1))
+    top = torch.where(ok, top, torch.floor((h - ch) / 2))
+    left = torch.where(ok, left, torch.floor((w - cw) / 2))
+    return torch.stack([top, left, ch, cw], 1).long()
+
+
+class ResizedCropAugment:
+    """RandomResizedCrop(size) + horizontal flip on a uint8 batch, straight from the stored images (e.g. 32-pixel
+    CIFAR) to the model's input size in one bilinear resampling (torchvision.ops.roi_align with aligned boxes: the
+    sample points of F.interpolate(align_corners=False), averaged over ceil(box / size) points per output pixel when
+    shrinking); one batched op on the device, no host read. Returns float images on the 0..255 scale."""
+
+    def __init__(self, size: int, scale: Sequence[float], ratio: Sequence[float], flip: bool) -> None:
+        self.size, self.scale, self.ratio, self.flip = size, tuple(scale), tuple(ratio), flip
+
+    def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        from torchvision.ops import roi_align
+
+        b, _, h, w = images.shape
+        top, left, ch, cw = resized_crop_boxes(b, h, w, self.scale, self.ratio, gen, images.device).float().unbind(1)
+        index = torch.arange(b, device=images.device, dtype=torch.float32)
+        rois = torch.stack([index, left, top, left + cw, top + ch], 1)
+        out = roi_align(images.float(), rois, (self.size, self.size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+        return random_flip(out, gen) if self.flip else out
+
+    def __repr__(self) -> str:
+        return f"ResizedCropAugment(size={self.size}, scale={self.scale}, ratio={self.ratio}, flip={self.flip})"
+
+
+@AUGMENTS.register("resized_crop")
+def resized_crop_augment(size: int = 224, scale: Sequence[float] = (0.08, 1.0),
+                         ratio: Sequence[float] = (3 / 4, 4 / 3), flip: bool = True) -> ResizedCropAugment:
+    """RandomResizedCrop to the model's input size + flip for in-memory images (LIFT's CIFAR recipe: a 32-pixel image
+    cropped and resized to 224, bilinear); ``size`` comes from data_loader.args.input when it is set."""
+    return ResizedCropAugment(size, scale, ratio, flip)
+
+
 @AUGMENTS.register("none")
 def no_augment() -> None:
     """No training augmentation (evaluation-style inputs)."""

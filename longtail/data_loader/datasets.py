@@ -14,7 +14,9 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from longtail.data_loader.augment import normalize
 from longtail.data_loader.profiles import lt_class_counts, select_per_class, shifted_prior_counts
 from longtail.utils.errors import ConfigError, DataError, DataNotFoundError
 from longtail.registry import DATASETS
@@ -55,14 +57,45 @@ class ImageTensorDataset:
     name: str
     class_names: list[str] = field(default_factory=list)
     split_seed: int = 0
+    input: Any = None  # the model's preprocessing (data_loader/factory.py InputSpec): resize on the device
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one image."""
+        """(channels, height, width) of one image as the model receives it."""
+        if self.input is not None:
+            return (self.input.channels or self.images.shape[1], self.input.size, self.input.size)
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def with_input(self, spec: Any) -> "ImageTensorDataset":
+        """Batches resized to the model's input (``spec``) and normalised with its mean and std."""
+        self.input, self.mean, self.std = spec, spec.mean, spec.std
+        return self
+
+    def model_input(self, images: torch.Tensor, channels_last: bool = False, train: bool = True,
+                    views: Any = None) -> torch.Tensor:
+        """uint8 batch -> normalised float batch the model takes: channels repeated to the model's count, resized
+        to its size (training: the whole image; evaluation: short side to ``resize``, centre crop), bilinear /
+        bicubic resampling with antialiasing (it commutes with the per-channel normalisation). ``views`` (a
+        TEST_VIEWS entry) turns each image into several (B * V images, the views of an image consecutive)."""
+        spec = self.input
+        if spec is not None and spec.channels and images.shape[1] != spec.channels:
+            images = images.expand(-1, spec.channels, -1, -1)
+        out = normalize(images, self.mean, self.std, channels_last and spec is None and views is None)
+        if views is not None:
+            size, mode = (spec.size, spec.interpolation) if spec is not None else (images.shape[-1], "bilinear")
+            out = views.tensor(out, size, mode)
+            return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+        if spec is None:
+            return out
+        if out.shape[-1] != spec.size or out.shape[-2] != spec.size:
+            out = resize_batch(out, spec.size if train else spec.resize, spec.interpolation)
+            if not train:
+                top, left = (out.shape[-2] - spec.size) // 2, (out.shape[-1] - spec.size) // 2
+                out = out[..., top:top + spec.size, left:left + spec.size]
+        return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     @property
     def cls_num_list(self) -> list[int]:
@@ -87,6 +120,15 @@ class ImageTensorDataset:
                              f"between {min(counts)} and {max(counts)} per class")
         wanted = shifted_prior_counts(prior, counts[0], self.num_classes)
         return torch.from_numpy(select_per_class(self.targets.cpu().numpy(), wanted, self.split_seed)).long()
+
+
+def resize_batch(images: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
+    """Resize a float batch so that its short side is ``size`` (antialiased bilinear / bicubic, or nearest)."""
+    h, w = images.shape[-2:]
+    out_h, out_w = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
+    if interpolation == "nearest":
+        return F.interpolate(images, size=(out_h, out_w), mode="nearest")
+    return F.interpolate(images, size=(out_h, out_w), mode=interpolation, align_corners=False, antialias=True)
 
 
 def md5sum(path: Path | None = None, data: bytes | None = None) -> str:

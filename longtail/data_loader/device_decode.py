@@ -43,6 +43,7 @@ class DevicePlan:
     flip: float | None = None                 # horizontal flip probability (None: no flip step)
     jitter: tuple[Any, Any, Any] | None = None  # ColorJitter's (brightness, contrast, saturation) ranges
     resize: int = 256                          # test transform: short side before the centre crop
+    interpolation: str = "bilinear"            # resampling of the resize / resized crop
 
     def draw(self, width: int, height: int) -> list[float]:
         """The sample's parameters from torch's global generator, with the PIL transform's own calls in its order:
@@ -60,11 +61,13 @@ class DevicePlan:
 
     def apply(self, image: torch.Tensor, params: Sequence[float]) -> torch.Tensor:
         """Transform one decoded uint8 CHW image on its device."""
+        mode = T.InterpolationMode(self.interpolation)
         if self.scale is None:
-            image = TF.resize(image, [self.resize], antialias=True)
+            image = TF.resize(image, [self.resize], interpolation=mode, antialias=True)
             return TF.center_crop(image, [self.size, self.size])
         top, left, h, w = (int(v) for v in params[:4])
-        image = TF.resize(image[:, top:top + h, left:left + w], [self.size, self.size], antialias=True)
+        image = TF.resize(image[:, top:top + h, left:left + w], [self.size, self.size], interpolation=mode,
+                          antialias=True)
         if params[4]:
             image = image.flip(-1)
         if self.jitter is not None:
@@ -81,11 +84,11 @@ def _or(factor: float | None) -> float:
     return -1.0 if factor is None else float(factor)
 
 
-def device_plan(transform: Any, resize_size: int, image_size: int) -> DevicePlan:
+def device_plan(transform: Any, resize_size: int, image_size: int, interpolation: str = "bilinear") -> DevicePlan:
     """The device plan equivalent to a training transform built by IMAGE_AUGMENTS (or the test transform when
     ``transform`` is None); anything else cannot be decoded on the device and is named."""
     if transform is None:
-        return DevicePlan(size=image_size, resize=resize_size)
+        return DevicePlan(size=image_size, resize=resize_size, interpolation=interpolation)
     steps = list(getattr(transform, "transforms", [transform]))
     crop = steps.pop(0) if steps and isinstance(steps[0], T.RandomResizedCrop) else None
     flip = steps.pop(0) if steps and isinstance(steps[0], T.RandomHorizontalFlip) else None
@@ -96,7 +99,7 @@ def device_plan(transform: Any, resize_size: int, image_size: int) -> DevicePlan
     size = crop.size[0] if isinstance(crop.size, (list, tuple)) else int(crop.size)
     return DevicePlan(size=size, scale=tuple(crop.scale), ratio=tuple(crop.ratio), flip=flip.p if flip else None,
                       jitter=(jitter.brightness, jitter.contrast, jitter.saturation) if jitter else None,
-                      resize=resize_size)
+                      resize=resize_size, interpolation=crop.interpolation.value)
 
 
 def read_encoded(data: bytes) -> tuple[torch.Tensor, bool, tuple[int, int]]:

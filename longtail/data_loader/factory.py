@@ -1,6 +1,7 @@
 """Build train/test data sets and loaders from the ``data_loader`` config block."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ import torch
 
 from longtail.data_loader.datasets import ImageTensorDataset, dataset_info
 from longtail.data_loader.loader import BatchLoader
-from longtail.registry import DATASETS, LOADERS, SAMPLERS
+from longtail.registry import DATASETS, LOADERS, SAMPLERS, TEST_VIEWS
 from longtail.utils.defaults import TEST_BATCH_SIZE, TRAIN_BATCH_SIZE
 from longtail.utils.errors import ConfigError, DataNotFoundError
 
@@ -17,8 +18,68 @@ from longtail.utils.errors import ConfigError, DataNotFoundError
 # batch_size is the GLOBAL batch of one optimizer step; under torchrun each of W processes takes batch_size / W.
 # num_workers: decoding processes of image-file data sets (in-memory tensor data sets need none).
 # decode: "pil" (workers decode and transform) or "device" (workers read bytes; JPEGs decoded on the training device).
+# input: the model's preprocessing (size, resize, interpolation, mean, std, channels), usually written by the model's
+# registered entry when the config is resolved (core/build.py apply_model_input); see InputSpec.
 LOADER_KEYS = {"batch_size": int, "sampler": str, "augment": (dict, str), "drop_last": bool, "num_workers": int,
-               "decode": str}
+               "decode": str, "input": dict}
+INPUT_KEYS = {"size": int, "resize": int, "interpolation": str, "mean": list, "std": list, "channels": int,
+              "source": str}
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model expects: ``size`` x ``size`` crops (evaluation: short side resized to ``resize``, centre crop),
+    resampled with ``interpolation``, normalised with ``mean``/``std``, with ``channels`` channels (grey images are
+    repeated). Image files are decoded and transformed at that size; in-memory images (CIFAR, Fashion-MNIST) are
+    augmented at their own size and resized on the device."""
+
+    size: int
+    resize: int
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channels: int | None = None
+
+
+def check_input_block(block: dict[str, Any]) -> None:
+    """``data_loader.args.input``: known keys with the right types, one mean/std per channel, a known interpolation."""
+    unknown = sorted(set(block) - set(INPUT_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join('data_loader.args.input.' + k for k in unknown)}; it accepts "
+                          f"{', '.join(INPUT_KEYS)}")
+    for key, kind in INPUT_KEYS.items():
+        value = block.get(key)
+        if value is not None and (not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 1))):
+            raise ConfigError(f"data_loader.args.input.{key} must be a{'positive integer' if kind is int else ' ' + kind.__name__}, "
+                              f"got {value!r}")
+    if block.get("interpolation", "bilinear") not in INTERPOLATIONS:
+        raise ConfigError(f"data_loader.args.input.interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                          f"got {block['interpolation']!r}")
+    if ("mean" in block) != ("std" in block) or len(block.get("mean", [])) != len(block.get("std", [])):
+        raise ConfigError("data_loader.args.input needs mean and std together, one value per channel")
+
+
+def input_spec(loader_args: dict[str, Any]) -> InputSpec | None:
+    """The model's preprocessing from ``data_loader.args.input`` (None: the data set's own)."""
+    block = loader_args.get("input")
+    if not block:
+        return None
+    check_input_block(block)
+    if "size" not in block or "mean" not in block:
+        raise ConfigError("data_loader.args.input needs at least size, mean and std")
+    size = int(block["size"])
+    return InputSpec(size, int(block.get("resize") or math.floor(size / 0.875)), block.get("interpolation", "bilinear"),
+                     tuple(float(v) for v in block["mean"]), tuple(float(v) for v in block["std"]), block.get("channels"))
+
+
+def model_input_shape(shape: tuple[int, ...], loader_args: dict[str, Any]) -> tuple[int, int, int]:
+    """(channels, height, width) the model receives: the data set's image shape, or the input block's."""
+    spec = input_spec(loader_args)
+    if spec is None:
+        return tuple(shape)  # type: ignore[return-value]
+    channels = spec.channels or (shape[0] if len(spec.mean) == shape[0] or len(spec.mean) == 1 else len(spec.mean))
+    return int(channels), spec.size, spec.size
 
 
 @dataclass
@@ -53,10 +114,13 @@ def split_loader_args(block: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
 
 
 def build_dataset(config: dict[str, Any], split: str) -> ImageTensorDataset:
-    """Build one split of the configured data set (validates the data set args)."""
+    """Build one split of the configured data set (validates the data set args), with the model's preprocessing
+    (``data_loader.args.input``) when the config has one."""
     block = config["data_loader"]
-    dataset_args, _ = split_loader_args(block)
-    return DATASETS.build({"type": block.get("type"), "args": dataset_args}, "data_loader", split=split)
+    dataset_args, loader_args = split_loader_args(block)
+    dataset = DATASETS.build({"type": block.get("type"), "args": dataset_args}, "data_loader", split=split)
+    spec = input_spec(loader_args)
+    return dataset if spec is None else dataset.with_input(spec)
 
 
 def training_counts(config: dict[str, Any]) -> list[int]:
@@ -85,10 +149,16 @@ def loader_kind(dataset_type: str, dataset_args: dict[str, Any]) -> str:
 def build_augment(kind: str, loader_args: dict[str, Any], image_size: int) -> Any:
     """The training augmentation of ``data_loader.args.augment`` from the registry of loader kind ``kind``.
 
-    ``image_size`` (output crop size) reaches the augmentations that take a ``size`` and is dropped for the others.
+    ``image_size`` (output crop size; the model's input size when ``data_loader.args.input`` is set) reaches the
+    augmentations that take a ``size``, and the input's ``interpolation`` those that take one; others drop them.
     """
     cls = LOADERS.get(kind, where="data_loader.type")
-    return cls.augments.build(loader_args.get("augment", cls.default_augment), "data_loader.args.augment", size=image_size)
+    spec = input_spec(loader_args)
+    block = loader_args.get("augment", cls.default_augment)
+    given = (block.get("args") or {}) if isinstance(block, dict) else {}
+    extra = {} if spec is None else {k: v for k, v in (("size", spec.size), ("interpolation", spec.interpolation))
+                                     if k not in given}  # an interpolation the config names itself wins
+    return cls.augments.build(block, "data_loader.args.augment", **{"size": image_size, **extra})
 
 
 def per_rank_batch_size(batch_size: int, world_size: int) -> int:
@@ -97,6 +167,18 @@ def per_rank_batch_size(batch_size: int, world_size: int) -> int:
         raise ConfigError(f"data_loader.args.batch_size = {batch_size} is the global batch and must be divisible by "
                           f"the {world_size} processes; change --batch_size or the number of processes")
     return batch_size // world_size
+
+
+def plain_loader(config: dict[str, Any], dataset: Any, device: torch.device, batch_size: int | None = None) -> BatchLoader:
+    """Every image of ``dataset`` once, in order, with the test transform (no augmentation): features of a training
+    set for classifier initialisation or a feature cache."""
+    _, loader_args = split_loader_args(config["data_loader"])
+    size = batch_size or int(config.get("evaluation", {}).get("test_batch_size", 512))
+    return LOADERS.build(dataset.loader_kind, "data_loader", dataset=dataset, batch_size=size, sampler="sequential",
+                         augment=None, drop_last=False, seed=int(config.get("seed", 1)),
+                         channels_last=bool(config.get("trainer", {}).get("channels_last", False)),
+                         num_workers=loader_args.get("num_workers", 0), device=device,
+                         decode=loader_args.get("decode", "pil"))
 
 
 def build_data(config: dict[str, Any], device: torch.device, train: bool = True, limit_batches: int | None = None,
@@ -121,9 +203,10 @@ def build_data(config: dict[str, Any], device: torch.device, train: bool = True,
                                      rank=rank, world_size=world_size, **common)
     test_set = build_dataset(config, "test").to(device)
     test_batch = int(config.get("evaluation", {}).get("test_batch_size", TEST_BATCH_SIZE))
+    views = TEST_VIEWS.build(config.get("evaluation", {}).get("views", "center"), "evaluation.views")
     test_loader = LOADERS.build(test_set.loader_kind, "data_loader", dataset=test_set, batch_size=test_batch,
                                 sampler="sequential", augment=None, drop_last=False, limit_batches=limit_val_batches,
-                                **common)
+                                views=views, **common)
     return DataBundle(train_set, test_set, train_loader, test_loader)
 
 

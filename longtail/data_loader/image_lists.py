@@ -7,6 +7,7 @@ only paths and labels are held in memory (paths as one NumPy byte array, so fork
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from longtail.data_loader.augment import normalize
 from longtail.registry import DATASETS
 from longtail.data_loader.official_lists import check_official
 from longtail.utils.resources import find_shipped
@@ -74,6 +76,7 @@ class ImageListDataset:
     prior_files_required: bool = False
     class_names: list[str] = field(default_factory=list)
     split_seed: int = 0
+    interpolation: str = "bilinear"  # resampling of the resize / crop transforms
     _path_index: dict[bytes, int] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +102,15 @@ class ImageListDataset:
     def to(self, device: torch.device | str) -> "ImageListDataset":
         """Images stay on disk; the loader moves each decoded batch to its device."""
         return self
+
+    def with_input(self, spec: Any) -> "ImageListDataset":
+        """Decode and transform at the model's input size (``spec``: data_loader/factory.py InputSpec)."""
+        return dataclasses.replace(self, image_size=spec.size, resize_size=spec.resize, mean=spec.mean, std=spec.std,
+                                   interpolation=spec.interpolation)
+
+    def model_input(self, images: torch.Tensor, channels_last: bool = False, train: bool = True) -> torch.Tensor:
+        """Decoded uint8 batch (already at the model's size) -> normalised float batch."""
+        return normalize(images, self.mean, self.std, channels_last)
 
     def relative_path(self, index: int) -> str:
         """The path of sample ``index`` as written in the list."""
@@ -189,6 +201,16 @@ def sharded_dataset(*args: Any, **kwargs: Any) -> ImageListDataset:
     return build(*args, **kwargs)
 
 
+def read_class_names(path: Path, num_classes: int) -> list[str]:
+    """One class name per line (line k = label k) from ``<txt_dir>/<prefix>classnames.txt``; [] when there is no such file."""
+    if not path.is_file():
+        return []
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(names) != num_classes:
+        raise DataError(f"{path} lists {len(names)} class names but the data set has {num_classes} classes")
+    return names
+
+
 def _list_dataset(list_file: Path, data_dir: Path, num_classes: int, name: str, mean: Sequence[float],
                   std: Sequence[float], image_size: int, resize_size: int, split_seed: int,
                   prior_files: dict[str, Path], prior_files_required: bool) -> ImageListDataset:
@@ -232,10 +254,13 @@ def _register_txt(name: str, title: str, data_dir: str, txt_dir: str, prefix: st
             prior_files = {p: folder / f"{prior_list_prefix}{p}.txt" for p in names}
         if shards is not None and (split == "train" or has_shards(shards, split)):
             # WebDataset shards (training always; other splits when they were written), same samples as the list
-            return sharded_dataset(shards, split, folder / lists[split], num_classes, f"{name}/{split}", mean, std,
-                                   image_size, resize_size, split_seed, prior_files, priors_required)
-        return _list_dataset(folder / lists[split], Path(data_dir), num_classes, f"{name}/{split}", mean, std,
-                             image_size, resize_size, split_seed, prior_files, priors_required)
+            dataset = sharded_dataset(shards, split, folder / lists[split], num_classes, f"{name}/{split}", mean, std,
+                                      image_size, resize_size, split_seed, prior_files, priors_required)
+        else:
+            dataset = _list_dataset(folder / lists[split], Path(data_dir), num_classes, f"{name}/{split}", mean, std,
+                                    image_size, resize_size, split_seed, prior_files, priors_required)
+        dataset.class_names = read_class_names(folder / f"{prior_list_prefix}classnames.txt", num_classes)
+        return dataset
 
     build.__name__ = name
     build.__doc__ = f"{title}: txt lists in txt_dir, image paths relative to data_dir."

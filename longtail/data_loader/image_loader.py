@@ -9,14 +9,13 @@ Limits: bit-exactness also needs the same PIL/torchvision versions (resampling c
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.functional import pil_to_tensor
 
-from longtail.data_loader.augment import normalize
 from longtail.data_loader.device_decode import DECODE_MODES, DevicePlan, decode_batch, device_plan, keep_list, read_encoded
 from longtail.data_loader.image_lists import ImageListDataset
 from longtail.data_loader.image_transforms import ImageTransform, eval_transform
@@ -45,6 +44,8 @@ class SampleReader(Dataset):
         with torch.random.fork_rng(devices=[]):  # never disturb the caller's global generator (num_workers=0)
             torch.manual_seed(derive_seed(self.seed, epoch, position, Stream.AUGMENT))
             image = self.transform(image)
+        if isinstance(image, (list, tuple)):  # test-time views: (V, C, H, W)
+            return torch.stack([pil_to_tensor(view) for view in image]), int(self.dataset.targets[index])
         return pil_to_tensor(image), int(self.dataset.targets[index])
 
 
@@ -129,14 +130,18 @@ class ImageListLoader(BatchLoader):
     def __init__(self, dataset: ImageListDataset, batch_size: int, sampler: str = "random",
                  augment: ImageTransform | None = None, seed: int = 0, drop_last: bool = False,
                  channels_last: bool = False, limit_batches: int | None = None, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, device: torch.device | str = "cpu", decode: str = "pil") -> None:
+                 num_workers: int = 0, device: torch.device | str = "cpu", decode: str = "pil", views: Any = None) -> None:
         super().__init__(dataset, batch_size, sampler, None, seed, drop_last, channels_last, limit_batches, rank,
                          world_size)  # type: ignore[arg-type]
         if decode not in DECODE_MODES:
             raise ConfigError(f"data_loader.args.decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
-        self.transform = augment or eval_transform(dataset.resize_size, dataset.image_size)
+        if views is not None and (augment is not None or decode == "device"):
+            raise ConfigError("evaluation.views other than 'center' need the PIL test path (data_loader.args.decode 'pil')")
+        self.transform = augment or (views.pil(dataset) if views is not None else
+                                     eval_transform(dataset.resize_size, dataset.image_size, dataset.interpolation))
         # decode "device": workers read bytes and draw parameters; JPEGs are decoded and transformed on ``device``
-        self.plan = device_plan(augment, dataset.resize_size, dataset.image_size) if decode == "device" else None
+        self.plan = device_plan(augment, dataset.resize_size, dataset.image_size, dataset.interpolation) \
+            if decode == "device" else None
         self.num_workers, self._device = num_workers, torch.device(device)
         self.batch_sampler = EpochBatchSampler(batch_size, rank, world_size)
         self._torch_loader: DataLoader | None = None
@@ -169,8 +174,8 @@ class ImageListLoader(BatchLoader):
         loader = DataLoader(TwoViewReader(self.dataset, augment, self.seed), batch_sampler=keys, num_workers=workers,
                             pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker if workers > 0 else None)
         for view1, view2 in loader:
-            yield tuple(normalize(v.to(self.device, non_blocking=True), self.dataset.mean, self.dataset.std,  # type: ignore[misc]
-                                  self.channels_last) for v in (view1, view2))
+            yield tuple(self.dataset.model_input(v.to(self.device, non_blocking=True), self.channels_last)  # type: ignore[misc]
+                        for v in (view1, view2))
 
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (normalised float images, targets) of ``epoch`` from batch ``start_step`` on."""
@@ -179,9 +184,10 @@ class ImageListLoader(BatchLoader):
             if self.plan is None:
                 images, targets = batch
                 images = images.to(self.device, non_blocking=True)
+                if images.dim() == 5:  # test-time views: the views of an image consecutive
+                    images = images.flatten(0, 1)
             else:
                 images = decode_batch([(data, encoded) for data, encoded, _, _ in batch], self.plan,
                                       [params for _, _, params, _ in batch], self.device)
                 targets = torch.tensor([target for *_, target in batch])
-            yield (normalize(images, self.dataset.mean, self.dataset.std, self.channels_last),
-                   targets.to(self.device, non_blocking=True))
+            yield (self.dataset.model_input(images, self.channels_last), targets.to(self.device, non_blocking=True))

@@ -18,9 +18,14 @@ from longtail.registry import IMAGE_AUGMENTS
 ImageTransform = Callable[[Image.Image], Image.Image]
 
 
-def eval_transform(resize_size: int, image_size: int) -> ImageTransform:
+def interpolation_mode(name: str) -> T.InterpolationMode:
+    """torchvision's resampling mode of a name (nearest, bilinear, bicubic)."""
+    return T.InterpolationMode(name)
+
+
+def eval_transform(resize_size: int, image_size: int, interpolation: str = "bilinear") -> ImageTransform:
     """Resize the short side to ``resize_size`` and take the central ``image_size`` crop (test transform)."""
-    return T.Compose([T.Resize(resize_size), T.CenterCrop(image_size)])
+    return T.Compose([T.Resize(resize_size, interpolation=interpolation_mode(interpolation)), T.CenterCrop(image_size)])
 
 
 def _coin(p: float = 0.5) -> bool:
@@ -100,9 +105,11 @@ class RandAugment:
         return f"RandAugment(n={self.num_ops}, m={self.magnitude}, mstd={self.magnitude_std}, p={self.prob})"
 
 
-def _crop_flip_jitter(size: int, scale: Sequence[float], flip: bool, color_jitter: float) -> list[ImageTransform]:
+def _crop_flip_jitter(size: int, scale: Sequence[float], flip: bool, color_jitter: float,
+                      interpolation: str = "bilinear") -> list[ImageTransform]:
     """RandomResizedCrop (ratio 3/4-4/3) -> optional horizontal flip -> optional ColorJitter(b, c, s, hue 0)."""
-    steps: list[ImageTransform] = [T.RandomResizedCrop(size, scale=tuple(scale))]
+    steps: list[ImageTransform] = [T.RandomResizedCrop(size, scale=tuple(scale),
+                                                       interpolation=interpolation_mode(interpolation))]
     if flip:
         steps.append(T.RandomHorizontalFlip())
     if color_jitter > 0:
@@ -118,17 +125,18 @@ def no_image_augment() -> None:
 
 @IMAGE_AUGMENTS.register("imagenet")
 def imagenet_augment(size: int = 224, scale: Sequence[float] = (0.08, 1.0), flip: bool = True,
-                     color_jitter: float = 0.4) -> ImageTransform:
-    """Standard recipe: random resized crop + flip + colour jitter 0.4 (ImageNet-LT, Places-LT; iNat uses jitter 0)."""
-    return T.Compose(_crop_flip_jitter(size, scale, flip, color_jitter))
+                     color_jitter: float = 0.4, interpolation: str = "bilinear") -> ImageTransform:
+    """Standard recipe: random resized crop + flip + colour jitter 0.4 (ImageNet-LT, Places-LT; iNat uses jitter 0).
+    ``interpolation``: the crop's resampling (the model's, from data_loader.args.input, when it prescribes one)."""
+    return T.Compose(_crop_flip_jitter(size, scale, flip, color_jitter, interpolation))
 
 
 @IMAGE_AUGMENTS.register("randaugment")
 def randaugment_recipe(size: int = 224, scale: Sequence[float] = (0.08, 1.0), color_jitter: float = 0.4,
                        num_ops: int = 2, magnitude: float = 10.0, magnitude_std: float = 0.5, prob: float = 0.5,
-                       fill: Sequence[int] = (124, 116, 104)) -> ImageTransform:
+                       fill: Sequence[int] = (124, 116, 104), interpolation: str = "bilinear") -> ImageTransform:
     """Long-training ("PaCo") recipe: crop + flip + colour jitter (always) + RandAugment rand-n2-m10-mstd0.5."""
-    steps = _crop_flip_jitter(size, scale, True, color_jitter)
+    steps = _crop_flip_jitter(size, scale, True, color_jitter, interpolation)
     return T.Compose(steps + [RandAugment(num_ops, magnitude, magnitude_std, prob, fill)])
 
 

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
-from longtail.data_loader.augment import BatchAugment, normalize
+from longtail.data_loader.augment import BatchAugment
 from longtail.registry import AUGMENTS
 from longtail.data_loader.datasets import ImageTensorDataset
 from longtail.registry import SAMPLERS, LOADERS
@@ -59,8 +59,10 @@ class BatchLoader:
 
     def __init__(self, dataset: ImageTensorDataset, batch_size: int, sampler: str = "random",
                  augment: BatchAugment | None = None, seed: int = 0, drop_last: bool = False,
-                 channels_last: bool = False, limit_batches: int | None = None, rank: int = 0, world_size: int = 1) -> None:
+                 channels_last: bool = False, limit_batches: int | None = None, rank: int = 0, world_size: int = 1,
+                 views: Any = None) -> None:
         self.dataset, self.batch_size, self.augment, self.seed = dataset, batch_size, augment, seed
+        self.views = views  # test-time views (data_loader/test_views.py): several images per sample
         self.order_fn = SAMPLERS.get(sampler, where="data_loader.args.sampler")
         self.sampler, self.drop_last, self.channels_last = sampler, drop_last, channels_last
         self.limit_batches, self.rank, self.world_size = limit_batches, rank, world_size
@@ -98,7 +100,8 @@ class BatchLoader:
             images, targets = self.dataset.images[idx], self.dataset.targets[idx]
             if self.augment is not None:
                 images = self.augment(images, torch_generator(device, self.seed, epoch, step, Stream.AUGMENT, *rank_key))
-            yield normalize(images, self.dataset.mean, self.dataset.std, self.channels_last), targets
+            yield self.dataset.model_input(images, self.channels_last, train=self.augment is not None,
+                                           views=self.views), targets
 
     def view_order(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         """The images ``idx`` in the seeded shuffled order of test-time epoch ``epoch``."""
@@ -112,4 +115,4 @@ class BatchLoader:
         for step, start in enumerate(range(0, len(order), batch_size)):
             batch = self.dataset.images[order[start:start + batch_size]]
             views = [augment(batch, torch_generator(device, self.seed, epoch, step, tag)) for tag in (Stream.VIEW1, Stream.VIEW2)]
-            yield tuple(normalize(v, self.dataset.mean, self.dataset.std, self.channels_last) for v in views)  # type: ignore[misc]
+            yield tuple(self.dataset.model_input(v, self.channels_last, train=True) for v in views)  # type: ignore[misc]

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from longtail.data_loader.image_lists import read_image_list
-from longtail.data_loader.profiles import CIFAR_TEST_PRIORS, DATASET_PRIORS, shifted_subset_indices
+from longtail.data_loader.profiles import shifted_subset_indices
 
 
 def write_list(path: Path, paths: Sequence[str], labels: Sequence[int]) -> Path:

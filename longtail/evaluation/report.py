@@ -2,15 +2,14 @@
 weights) and the validation metrics logged during training."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from longtail.evaluation.hooks import PosthocContext
 from longtail.registry import AGGREGATIONS, POSTHOC
-from longtail.utils.metrics import accuracy_report, brier_score, calibration_errors, negative_log_likelihood, shot_masks
+from longtail.utils.metrics import accuracy_report, brier_score, calibration_errors, negative_log_likelihood
 
 
 def uniform_report(expert_logits: torch.Tensor, targets: torch.Tensor, masks: dict[str, torch.Tensor],

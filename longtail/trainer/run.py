@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from longtail.core.build import build_model, build_without_data, checkpoint_path, resolve, stage_class
+from longtail.core.build import build_model, build_without_data, checkpoint_path, parameter_line, resolve, stage_class
 from longtail.core.cost import expert_cost, is_multi_expert
 from longtail.core.hooks import build_sections
 from longtail.core.logits import masks_for
@@ -159,10 +159,14 @@ def train(config: dict[str, Any], device: str | torch.device | None = None, resu
         if limit_batches or limit_val_batches:
             stage.logger.info(f"smoke run: at most {limit_batches or 'all'} training / {limit_val_batches or 'all'} "
                               "validation batches per epoch (kept when resumed)")
-        if ctx.is_distributed:
+        if stage.model is not None:  # trainable parameters and their fraction (also stored in every checkpoint)
+            stage.logger.info(parameter_line(stage.model))
+        accumulate = config["trainer"]["accumulate_steps"]
+        if ctx.is_distributed or accumulate > 1:
             batch = config["data_loader"]["args"].get("batch_size", TRAIN_BATCH_SIZE)
-            stage.logger.info(f"DDP: {ctx.world_size} processes x {stage.data.train_loader.batch_size} images = "
-                              f"global batch {batch} at lr {config['optimizer']['args'].get('lr')}")
+            stage.logger.info(f"{ctx.world_size} process(es) x {stage.data.train_loader.batch_size} images x "
+                              f"{accumulate} accumulated micro-batch(es) = effective batch {batch * accumulate} at lr "
+                              f"{config['optimizer']['args'].get('lr')}")
         metrics = stage.fit()
         if run_dir is not None and not metrics.get("interrupted"):
             stage.logger.info(f"done: {run_dir / 'last.pth'}")

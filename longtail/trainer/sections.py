@@ -71,6 +71,8 @@ class InitFrom(Section):
             raise ConfigError(f"init_from.checkpoint {spec['checkpoint']}: shapes differ for {', '.join(mismatched[:5])} "
                               "(different arch.args? add the prefixes to init_from.exclude to re-initialise them)")
         missing, unexpected = net.load_state_dict(weights, strict=False)
+        if getattr(net, "base_weights", None) is not None:  # these no longer hold the pretrained file's values
+            net.base_weights.forget(net, weights)
         missing = [k for k in missing if not k.startswith(exclude)]
         if spec.get("strict", False) and (missing or unexpected):
             raise ConfigError(f"init_from.checkpoint {spec['checkpoint']}: missing {missing[:5]}, unexpected {unexpected[:5]}")

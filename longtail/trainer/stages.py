@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from longtail.core.build import load_weights
+from longtail.core.build import load_weights, model_state, parameter_counts
 from longtail.trainer.distributed import DistContext
 from longtail.utils.checkpoint import save_checkpoint, unwrap_model
 from longtail.utils.config import config_stem
@@ -135,8 +135,10 @@ class Stage:
 
     def state(self, epoch: int, step: int) -> dict[str, Any]:
         """Plain-data state after ``epoch`` full epochs and ``step`` batches of the next one."""
+        weights, base = model_state(unwrap_model(self.model))
         return {
-            "epoch": epoch, "step": step, "model": unwrap_model(self.model).state_dict(),
+            "epoch": epoch, "step": step, "model": weights, "base": base,
+            "parameters": parameter_counts(unwrap_model(self.model)),
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "lr_scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
@@ -177,7 +179,7 @@ class Stage:
 
     def restore(self, state: dict[str, Any], steps_per_epoch: int | None = None) -> None:
         """Load weights, optimizer, schedule, scaler, RNG and progress counters from a checkpoint of this stage."""
-        load_weights(unwrap_model(self.model), state["model"], "the checkpoint to resume")
+        load_weights(unwrap_model(self.model), state["model"], "the checkpoint to resume", state.get("base"))
         if self.optimizer is not None and state.get("optimizer"):
             self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("lr_scheduler"):

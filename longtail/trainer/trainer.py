@@ -5,6 +5,7 @@ sections (trainer/hooks.py) at fixed points; it knows no method.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -18,6 +19,7 @@ from longtail.data_loader.factory import DataBundle, build_data
 from longtail.core.logits import masks_for, validation_metrics
 from longtail.core.build import (build_combiner, build_criterion, build_model, build_optimizer, build_scheduler,
                            check_loss_inputs, num_experts_of)
+from longtail.trainer.feature_cache import cached_training
 from longtail.trainer.distributed import any_rank, barrier, convert_sync_batchnorm, sum_over_ranks, wrap_ddp
 from longtail.core.hooks import BuildContext, StepContext, build_sections, overriding
 from longtail.registry import STAGES
@@ -125,7 +127,8 @@ class Trainer(Stage):
         self.masks = masks_for(self.cls_num_list, config["evaluation"])
         ts = self.data.train_set
         self.model = build_model(config, ts.num_classes, ts.image_shape[0], self.cls_num_list).to(device)
-        ctx = BuildContext(config, device, ts.num_classes, ts.image_shape[0], self.cls_num_list, self.resuming)
+        ctx = BuildContext(config, device, ts.num_classes, ts.image_shape[0], self.cls_num_list, self.resuming,
+                           self.data)
         self.sections = build_sections(config)
         for section in self.sections:
             section.setup(self.model, ctx)
@@ -145,6 +148,8 @@ class Trainer(Stage):
         step_model = self.model
         for section in self.sections:  # e.g. a frozen teacher next to the student
             step_model = section.step_model(step_model, ctx)
+        if self.cfg_trainer["cache_features"]:  # frozen backbone: the heads train on features computed once
+            self.data, step_model = cached_training(self, step_model)
         self.step_model = self._wrap(step_model, options)
         # forward and loss are compiled (AOTAutograd compiles their backward too), then the update; full batches only,
         # so that shapes never change and CUDA graphs can be replayed (a partial last batch would recompile)
@@ -227,16 +232,15 @@ class Trainer(Stage):
             for section in before_step:
                 section.before_step(ctx)
             ctx.recompute = functools.partial(self._forward_backward, combiner, images, target, epoch, step)
-            out = ctx.output = ctx.recompute()
-            for section in after_backward:
-                section.after_backward(ctx)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.update()
-            for section in after_update:
-                section.after_update(ctx)
+            update = self._updates_after(step, total_steps)  # trainer.accumulate_steps: the last micro-batch of a group
+            with self._gradient_sync(update):
+                out = ctx.output = ctx.recompute()
+            if update:
+                for section in after_backward:
+                    section.after_backward(ctx)
+                self._optimizer_step()
+                for section in after_update:
+                    section.after_update(ctx)
             totals.add(out, target.shape[0])
             for callback in self.callbacks:
                 callback(self, epoch, step)
@@ -254,7 +258,7 @@ class Trainer(Stage):
                 self.writer.add_scalars({"train/loss_step": window_loss, "train/lr_step": float(self.optimizer.param_groups[0]["lr"])},
                                         (epoch - 1) * total_steps + step + 1)
                 window = (loss_total, totals.seen)
-            if self._stop_requested(step, log_every):
+            if update and self._stop_requested(step, log_every):  # a checkpoint never holds half a gradient sum
                 bar.close()
                 # the epoch's sums so far travel with the checkpoint: the resumed epoch reports the whole epoch
                 self.partial_epoch = totals.state(time.perf_counter() - start, self.dist.is_distributed)
@@ -286,9 +290,30 @@ class Trainer(Stage):
         with autocast_context(self.device, self.amp):
             out = combiner(self.step_model, images, target, self.step_criterion, gen,
                            numpy_generator(self.seed, epoch, step, Stream.COMBINER))
-        self.optimizer.zero_grad(set_to_none=True)
-        (self.scaler.scale(out.loss) if self.scaler is not None else out.loss).backward()
+        accumulate = self.cfg_trainer["accumulate_steps"]
+        if step % accumulate == 0:  # the first micro-batch of a group starts a new gradient sum
+            self.optimizer.zero_grad(set_to_none=True)
+        loss = out.loss / accumulate if accumulate > 1 else out.loss  # the group's mean loss, as one large batch
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return out
+
+    def _updates_after(self, step: int, total_steps: int) -> bool:
+        """Whether the optimizer steps after micro-batch ``step``: every ``trainer.accumulate_steps`` micro-batches and
+        after the epoch's last one (a shorter last group keeps the 1 / accumulate_steps scale, as LIFT's code)."""
+        return (step + 1) % self.cfg_trainer["accumulate_steps"] == 0 or step + 1 == total_steps
+
+    def _gradient_sync(self, update: bool) -> Any:
+        """DDP's no_sync() on micro-batches that do not end a group (gradients are all-reduced once per update)."""
+        no_sync = getattr(self.step_model, "no_sync", None) if self.dist.is_distributed else None
+        return no_sync() if no_sync is not None and not update else contextlib.nullcontext()
+
+    def _optimizer_step(self) -> None:
+        """One update of the accumulated gradients (through the GradScaler under fp16)."""
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.update()
 
     def _stop_requested(self, step: int, log_every: int) -> bool:
         """Ctrl-C flag; under DDP all ranks agree on it every ``log_interval`` steps (so they stop at the same step)."""

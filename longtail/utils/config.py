@@ -38,6 +38,8 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "val_period": 0,           # validate every N epochs (and after the last); 0: only after the last
     "monitor": "off",          # "max val_accuracy" writes best.pth; off by default (no test-set selection)
     "log_interval": 20,        # steps between progress-bar refreshes (each one is a host sync)
+    "accumulate_steps": 1,     # micro-batches per optimizer step: effective batch = batch_size x accumulate_steps
+    "cache_features": False,   # frozen backbone: compute the training set's features once, train the heads on them
     "channels_last": True,
     "amp": "off",              # off | bf16 | fp16 | auto (bf16 on GPUs that support it, fp32 elsewhere)
     "compile": False,          # false | true | an inductor mode (default, reduce-overhead = CUDA graphs,
@@ -53,6 +55,7 @@ EVALUATION_DEFAULTS: dict[str, Any] = {
     "test_batch_size": TEST_BATCH_SIZE,
     "source_prior": "uniform",  # prior the model's posteriors assume (EM test-prior estimation): uniform | train | train^g
     "test_time": {},           # settings of the test-time procedure (e.g. SADE's aggregation, methods/sade.py)
+    "views": {"type": "center", "args": {}},  # how each test image is seen (TEST_VIEWS): --set evaluation.views.type=five_crop
 }
 
 
@@ -233,7 +236,7 @@ def check_finite(node: Any, where: str = "") -> None:
 
 # (dotted key, smallest allowed value, strict) for values whose sign or range the code relies on
 RANGES = [("trainer.epochs", 1, False), ("trainer.save_period", 0, False), ("trainer.val_period", 0, False),
-          ("trainer.log_interval", 1, False), ("evaluation.test_batch_size", 1, False), ("optimizer.args.lr", 0, False),
+          ("trainer.log_interval", 1, False), ("trainer.accumulate_steps", 1, False), ("evaluation.test_batch_size", 1, False), ("optimizer.args.lr", 0, False),
           ("optimizer.args.weight_decay", 0, False), ("optimizer.args.momentum", 0, False)]
 
 
@@ -255,7 +258,7 @@ def _fill_defaults(config: dict[str, Any], key: str | None, defaults: dict[str, 
     for name, default in defaults.items():
         block.setdefault(name, copy.deepcopy(default))
         value = block[name]
-        if name == "compile" and isinstance(value, str):
+        if (name == "compile" and isinstance(value, str)) or (name == "views" and isinstance(value, (str, dict))):
             continue
         if not _same_kind(default, value) or (isinstance(default, int) and isinstance(value, float)):
             raise ConfigError(f"'{where}.{name}' must be of type {type(default).__name__}, got {value!r}")

@@ -31,7 +31,7 @@ def counts_of(path: Path, num_classes: int) -> np.ndarray:
 def test_every_shipped_list_is_in_the_manifest_and_unchanged():
     digests = official_digests()
     shipped = sorted(p for p in DATA_TXT.rglob("*.txt") if p.parent != DATA_TXT)
-    assert len(shipped) == len(digests) == 34
+    assert len(shipped) == len(digests) == 38  # 34 lists + 4 class-name files (issue 18)
     for path in shipped:
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digests[path.name], path
 

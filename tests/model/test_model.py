@@ -1,5 +1,6 @@
 """Backbones and the multi-expert wrapper: parameter counts, batched == looped experts, gradients everywhere."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,7 +30,10 @@ def test_macs_single_resnet32():
 SMOKE_ARGS = {"resnet152": {"layer3_output_dim": 32, "layer4_output_dim": 32},
               "resnext152": {"layer3_output_dim": 32, "layer4_output_dim": 32}}
 # Models that are not plain multi-expert backbones: (config args, code kwargs, number of experts in "logits").
+TINY_CLIP = str(Path(__file__).resolve().parents[1] / "fixtures" / "open_clip" / "tiny-clip.json")
 SPECIAL_MODELS = {
+    "timm": ({"model_name": "test_vit", "pretrained": False, "img_size": 32, "num_experts": 2}, {}, 2),
+    "open_clip": ({"model_name": "tiny-clip", "model_config_file": TINY_CLIP, "num_experts": 2}, {}, 2),
     "class_balanced_experts": ({"expert_arch": {"type": "resnet_cifar", "args": {"depth": 8, "stem_width": 4, "use_norm": False}},
                                 "many_threshold": 50, "few_threshold": 10}, {"cls_num_list": [90, 80, 40, 30, 20, 5, 3]}, 1),
 }

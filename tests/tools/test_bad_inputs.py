@@ -1,5 +1,4 @@
 """Bad input to the real entry points: one 'error:' line naming the problem and the fix, no traceback, no leftovers."""
-import json
 import shutil
 from pathlib import Path
 

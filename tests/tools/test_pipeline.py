@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from longtail.pipeline import Stage, load_pipeline, parse_seeds
+from longtail.pipeline import load_pipeline, parse_seeds
 from longtail.cli.pipeline import main as pipeline_main
 from longtail.core.build import build_without_data, resolve
 from longtail.utils.checkpoint import load_checkpoint

@@ -1,6 +1,5 @@
 """longtail/cli/tables.py: paper tables from tidy results files, with selections and known mean ± std numbers."""
 import pandas as pd
-import pytest
 
 from longtail.cli.tables import main as tables_main
 

@@ -1,9 +1,6 @@
 """Extension points: a method defined outside the repository (config 'imports'), the registry's type matcher,
 the CLI's error handling (--debug) and exact resume of a non-SGD stage."""
 import json
-import sys
-import textwrap
-from pathlib import Path
 from typing import Sequence
 
 import pytest

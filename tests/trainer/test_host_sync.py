@@ -85,6 +85,10 @@ def assert_no_sync_per_step(trainer: Trainer, monkeypatch: pytest.MonkeyPatch, s
     assert sum(few.values()) > 0  # the instrumentation sees the epoch-end read
 
 
+VIT_ADAPTERS = {"type": "timm", "args": {"model_name": "test_vit", "pretrained": False, "img_size": 32, "num_experts": 3,
+                                         "expert_blocks": 1}, "peft": {"type": "adaptformer", "args": {"bottleneck": 4}}}
+
+
 @pytest.mark.parametrize("config, overrides", [
     ("configs/cifar100_ir100/balpoe_standard.json", {}),                       # crop/flip/rotation, mixup, 3 experts
     ("configs/cifar100_ir100/balpoe_long.json", {}),                           # AutoAugment
@@ -97,6 +101,10 @@ def assert_no_sync_per_step(trainer: Trainer, monkeypatch: pytest.MonkeyPatch, s
     # the per-step hooks: weight EMA after the update, gradient clipping after backward (fp16: unscaled first)
     ("configs/fmnist_ir100/balpoe.json", {"ema": {"decay": 0.99, "warmup": True}, "grad_clip": {"max_norm": 1.0}}),
     ("configs/fmnist_ir100/balpoe.json", {"trainer.amp": "fp16", "grad_clip": {"max_norm": 1.0}}),
+    # a ViT with per-expert AdaptFormer blocks, resized inputs (the model's preprocessing), micro-batches
+    ("configs/fmnist_ir100/balpoe.json", {"arch": VIT_ADAPTERS, "trainer.accumulate_steps": 2}),
+    pytest.param("configs/cifar100_ir100/balpoe_standard.json", {"arch": VIT_ADAPTERS, "data_loader.args.augment": {
+        "type": "resized_crop", "args": {}}}, marks=pytest.mark.slow),
 ])
 def test_no_host_sync_per_training_step(config, overrides, monkeypatch):
     trainer = trainer_for(config, **{"data_loader.args.batch_size": 16, **overrides})

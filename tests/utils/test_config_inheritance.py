@@ -23,7 +23,10 @@ CRT_STAGE1 = {name: {"init_from.checkpoint": f"saved/{name.split('/')[0]}_ce_lin
 PLACES_V2 = {name: {"data_loader.args.txt_dir": "data_txt/Places_LT_v2"}
              for name in ("places_lt/balpoe_resnet152.json", "places_lt/sade_resnet152.json")}
 # Options added since the snapshot, with the value every config now resolves to
-NEW_DEFAULTS = {"trainer.parallel": "ddp"}  # n_gpu > 1 starts DDP processes instead of DataParallel
+NEW_DEFAULTS = {"trainer.parallel": "ddp",  # n_gpu > 1 starts DDP processes instead of DataParallel
+                # issue 18: micro-batches, the feature cache of frozen backbones, test-time views (all off by default)
+                "trainer.accumulate_steps": 1, "trainer.cache_features": False,
+                "evaluation.views": {"type": "center", "args": {}}}
 # the 224-pixel runtime trains in bf16 on GPUs (fp32 on CPUs): trainer.amp "auto"
 LARGE_SCALE = ("imagenet_lt/", "inat2018/", "places_lt/", "custom/")
 # the Fashion-MNIST CBE generalist trains on the cross-entropy baseline's 50-epoch schedule (it had 30 epochs, which

@@ -6,7 +6,7 @@ import torch
 
 from longtail.evaluation.posthoc import log_test_prior
 from longtail.evaluation.report import prior_reports, uniform_report
-from longtail.utils.metrics import accuracy_report, calibration_errors, group_accuracy, mean_std, per_class_accuracy, shot_masks
+from longtail.utils.metrics import accuracy_report, calibration_errors, group_accuracy, per_class_accuracy, shot_masks
 
 
 def test_shot_masks_thresholds():
