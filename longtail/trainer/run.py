@@ -20,7 +20,6 @@ from longtail.trainer.distributed import init_distributed, shutdown_distributed
 from longtail.trainer.stages import make_run_dir, write_run_config
 from longtail.utils.checkpoint import load_checkpoint, remove_stale_temp_files
 from longtail.utils.config import apply_overrides
-from longtail.utils.defaults import TRAIN_BATCH_SIZE
 from longtail.utils.device import resolve_device, set_threads
 from longtail.utils.errors import CheckpointError, ConfigError
 from longtail.utils.flops import count_macs, count_parameters
@@ -43,6 +42,14 @@ class RunResult:
         """The run's last.pth."""
         return self.run_dir / "last.pth" if self.run_dir is not None else None
 
+
+
+def batch_line(world_size: int, per_process: int, accumulate: int, lr: object) -> str:
+    """One log line that says how the effective batch is made (processes x images x accumulated micro-batches)."""
+    parts = [f"{world_size} process{'es' if world_size > 1 else ''}", f"{per_process} images"]
+    if accumulate > 1:
+        parts.append(f"{accumulate} accumulated micro-batches")
+    return f"batch: {' x '.join(parts)} = {world_size * per_process * accumulate} images per update at lr {lr}"
 
 def config_for_run(config: dict[str, Any] | None, resume: str | Path | None,
                    overrides: Sequence[tuple[str, Any]] = ()) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -163,10 +170,8 @@ def train(config: dict[str, Any], device: str | torch.device | None = None, resu
             stage.logger.info(parameter_line(stage.model))
         accumulate = config["trainer"]["accumulate_steps"]
         if ctx.is_distributed or accumulate > 1:
-            batch = config["data_loader"]["args"].get("batch_size", TRAIN_BATCH_SIZE)
-            stage.logger.info(f"{ctx.world_size} process(es) x {stage.data.train_loader.batch_size} images x "
-                              f"{accumulate} accumulated micro-batch(es) = effective batch {batch * accumulate} at lr "
-                              f"{config['optimizer']['args'].get('lr')}")
+            stage.logger.info(batch_line(ctx.world_size, stage.data.train_loader.batch_size, accumulate,
+                                         config["optimizer"]["args"].get("lr")))
         metrics = stage.fit()
         if run_dir is not None and not metrics.get("interrupted"):
             stage.logger.info(f"done: {run_dir / 'last.pth'}")

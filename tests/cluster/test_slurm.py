@@ -133,7 +133,7 @@ def test_a_two_task_job_trains_with_ddp_from_slurms_rendezvous(slurm_cluster, im
     assert read_record(folder, "tiny/seed1/train")["state"] == "done", status_frame(read_sweep(folder)).to_string()
     state = SeedState(folder / "tiny", 1).stages["train"]
     log = (Path(state["run_dir"]) / "train.log").read_text()
-    assert "DDP: 2 processes x 4 images = global batch 8" in log
+    assert "batch: 2 processes x 4 images = 8 images per update" in log
     assert train_main(["-c", str(config_file), "-d", "cpu", "--quiet", "--limit_batches", "2", "--threads", "1",
                        "--nproc", "2", "--save_dir", str(tmp_path / "local")]) == 0
     local = load_checkpoint(next((tmp_path / "local").rglob("last.pth")))["model"]

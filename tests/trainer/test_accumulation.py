@@ -83,3 +83,11 @@ def test_ddp_skips_the_all_reduce_on_micro_batches_that_do_not_end_a_group(cifar
     with trainer._gradient_sync(update=True):
         pass
     assert entered == [1]  # only the micro-batch that does not end its group skips the gradient all-reduce
+
+
+def test_the_batch_line_multiplies_processes_images_and_micro_batches():
+    """The start-of-run line names each factor of the effective batch and their product."""
+    from longtail.trainer.run import batch_line
+    assert batch_line(2, 4, 1, 0.1) == "batch: 2 processes x 4 images = 8 images per update at lr 0.1"
+    assert batch_line(1, 16, 3, 0.05) == ("batch: 1 process x 16 images x 3 accumulated micro-batches = 48 images per "
+                                          "update at lr 0.05")
