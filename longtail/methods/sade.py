@@ -29,6 +29,7 @@ from longtail.evaluation.report import ensemble_logits
 from longtail.registry import register_cli_flag
 from longtail.utils.device import autocast_context
 from longtail.utils.errors import ConfigError
+from longtail.utils.seed import Stream, torch_generator
 
 # Defaults = SADE's CIFAR test-time config; override with evaluation.test_time.sade.<key> (e.g. --set on test_all_*.py).
 TEST_TIME_DEFAULTS: dict[str, Any] = {
@@ -155,17 +156,58 @@ def learn_weights_on_images(model: nn.Module, loader: BatchLoader, idx: torch.Te
     return learn_expert_weights(batches, int(getattr(model, "num_experts", 1)), settings)
 
 
+def collect_view_logits(model: nn.Module, loader: BatchLoader, settings: dict[str, Any], amp: str = "off") -> torch.Tensor:
+    """Per-expert logits of ``settings['epochs']`` pairs of augmented views of every test image, (V, 2, N, E, C)
+    in test-set order (pair v is test-time epoch v's augmentation), so the aggregation can run without the model
+    from a file of saved logits (evaluation/saved_logits.py)."""
+    everything = torch.arange(len(loader.dataset))
+    batches = model_view_batches(model, loader, everything, settings, amp)
+    pairs = []
+    for epoch in range(int(settings["epochs"])):
+        order = loader.view_order(everything, epoch)
+        first, second = zip(*batches(epoch))
+        pair = torch.empty((2, len(everything), *first[0].shape[1:]), dtype=first[0].dtype, device=first[0].device)
+        pair[0, order.to(pair.device)], pair[1, order.to(pair.device)] = torch.cat(first), torch.cat(second)
+        pairs.append(pair)
+    return torch.stack(pairs)
+
+
+def saved_view_batches(view_logits: torch.Tensor, idx: torch.Tensor, batch_size: int) -> ViewBatches:
+    """Per epoch: the images ``idx`` in a seeded shuffled order, in batches, with the saved logits of view pair
+    ``epoch % V`` (the same order for every checkpoint)."""
+    idx = idx.to(view_logits.device)
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        pair = view_logits[epoch % view_logits.shape[0]]
+        order = idx[torch.randperm(len(idx), generator=torch_generator("cpu", 0, epoch, Stream.TEST_TIME_ORDER)).to(idx.device)]
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            yield pair[0, rows].float(), pair[1, rows].float()
+
+    return batches
+
+
 @AGGREGATIONS.register("sade")
 def sade_aggregation(context: AggregationContext) -> dict[str, torch.Tensor]:
     """Expert weights learned on each test prior's unlabeled images (printed per prior). The views are new
-    augmentations of the images, so this procedure runs the model itself rather than reusing the collected logits."""
+    augmentations of the images, so this procedure runs the model itself rather than reusing the collected logits;
+    from saved view logits (``context.view_logits``) it learns on those instead."""
     run, data, weights = context.run, context.data, {}
+    quiet = bool(getattr(run, "quiet", False))
     for prior, idx in context.subsets.items():
-        result = learn_weights_on_images(run.model, data.test_loader, idx, run.config, context.settings)
+        if context.view_logits is not None:
+            batches = saved_view_batches(context.view_logits, idx, int(context.settings["batch_size"]))
+            result = learn_expert_weights(batches, context.view_logits.shape[3], context.settings)
+        else:
+            result = learn_weights_on_images(run.model, data.test_loader, idx, run.config, context.settings)
         weights[prior] = result.weights
-        print(f"{run.label} {prior}: expert weights {', '.join(f'{w:.3f}' for w in result.weights.tolist())} "
-              f"after {result.epochs_run} epoch(s)")
+        if not quiet:
+            print(f"{run.label} {prior}: expert weights {', '.join(f'{w:.3f}' for w in result.weights.tolist())} "
+                  f"after {result.epochs_run} epoch(s)")
     return weights
+
+
+sade_aggregation.collect_views = collect_view_logits  # type: ignore[attr-defined]
 
 
 @AGGREGATIONS.register("sade_online")
