@@ -84,9 +84,11 @@ def draw_subset(pool: PriorPool, counts: Sequence[int], rng: np.random.RandomSta
 
 
 def centre_profile(centre: str, n_test: int, num_classes: int) -> list[int]:
-    """Counts by frequency rank of a centre name: 'uniform', 'forwardK' or 'backwardK' (exp profile of ratio K)."""
+    """Counts by frequency rank of a centre name: 'uniform', 'forwardK' or 'backwardK' (exp profile of ratio K), at
+    least 1 (a Dirichlet parameter must be > 0; the official code fails when a count rounds to 0, i.e. when
+    n_test < K)."""
     factor, reverse = parse_test_prior(centre)
-    return lt_class_counts(n_test, num_classes, factor, "exp", reverse)
+    return [max(c, 1) for c in lt_class_counts(n_test, num_classes, factor, "exp", reverse)]
 
 
 def _check_positive_int(name: str, value: Any) -> int:

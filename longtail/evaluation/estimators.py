@@ -152,6 +152,21 @@ def nonnegative_ridge(confusion: torch.Tensor, mu: torch.Tensor, ridge: float) -
     return torch.from_numpy(nnls(c, m)).to(mu.device)
 
 
+def exact_penalty_holds(confusion: torch.Tensor, mu: torch.Tensor, w: torch.Tensor, rho: float) -> bool:
+    """True when BBSE's solution w (C w = mu, every w > 0) also minimises the RLLS objective: at r = 0 the
+    subgradient of ||r|| is {C^T u : ||u|| <= 1}, so optimality needs ||rho C^-T theta / ||theta|| || <= 1."""
+    theta = w - 1
+    if not bool((w > 0).all()) or float(torch.linalg.vector_norm(confusion @ w - mu)) > 1e-12:
+        return False
+    if float(torch.linalg.vector_norm(theta)) == 0.0:
+        return True
+    try:
+        u = torch.linalg.solve(confusion.T, theta / torch.linalg.vector_norm(theta))
+    except RuntimeError:
+        return False
+    return float(rho * torch.linalg.vector_norm(u)) <= 1.0
+
+
 def rlls_weights(confusion: torch.Tensor, mu: torch.Tensor, rho: float) -> torch.Tensor:
     """min_{theta >= -1} ||C theta - b|| + rho ||theta||, b = mu - C 1, as w = 1 + theta.
 
@@ -163,7 +178,7 @@ def rlls_weights(confusion: torch.Tensor, mu: torch.Tensor, rho: float) -> torch
         return float(torch.linalg.vector_norm(confusion @ w - mu) + rho * torch.linalg.vector_norm(w - 1))
 
     candidates = {0.0: nonnegative_ridge(confusion, mu, 0.0), float("inf"): torch.ones_like(mu)}
-    if rho <= 0:
+    if rho <= 0 or exact_penalty_holds(confusion, mu, candidates[0.0], rho):
         return candidates[0.0]
     scale = float(torch.linalg.matrix_norm(confusion.T @ confusion, ord=2))
     for exponent in range(-8, 5):

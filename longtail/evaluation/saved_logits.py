@@ -12,7 +12,8 @@ A file is a safetensors file (or an .npz with the same keys, for other code base
 and string metadata (safetensors' header; the .npz key ``metadata`` as one JSON string): ``format``
 (``longtail-logits``), ``version``, ``name`` (method/config name), ``seed``, ``checkpoint``, ``test_set`` (JSON:
 data set, its arguments, number of images, SHA-1 of the labels), ``evaluation`` (JSON: the config's evaluation
-block: many/few thresholds, source_prior, test_time settings), ``fixed_seed``, ``views_of`` (the aggregation the
+block: many/few thresholds, source_prior, test_time settings), ``fixed_seed``, ``fixed_order`` (JSON list: the
+order of the fixed priors), ``views_of`` (the aggregation the
 views were collected for). Only the three required tensors are needed; defaults are documented in load_logits.
 """
 from __future__ import annotations
@@ -83,6 +84,7 @@ def _metadata(logits: LogitSet) -> dict[str, str]:
     return {"format": FORMAT, "version": VERSION, "name": logits.name, "seed": str(logits.seed),
             "checkpoint": logits.checkpoint, "test_set": json.dumps(test_set, sort_keys=True),
             "evaluation": json.dumps(logits.evaluation, sort_keys=True), "fixed_seed": str(logits.fixed_seed),
+            "fixed_order": json.dumps(list(logits.fixed)),
             "views_of": logits.views_of}
 
 
@@ -132,6 +134,12 @@ def _check(path: Path, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     return logits.float()
 
 
+def fixed_priors(tensors: dict[str, torch.Tensor], order: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The ``fixed.<prior>`` subsets in the written order (safetensors sorts its keys), then any others."""
+    found = {k[len("fixed."):]: v.long() for k, v in tensors.items() if k.startswith("fixed.")}
+    return {name: found[name] for name in [*[n for n in order if n in found], *[n for n in found if n not in order]]}
+
+
 def load_logits(path: str | Path) -> LogitSet:
     """Read a logits file. Defaults for what a foreign file may leave out: name = the file's stem, seed 0, the
     evaluation block {} (shot groups many n > 100, few n < 20, source prior uniform), fixed priors rebuilt from
@@ -156,7 +164,7 @@ def load_logits(path: str | Path) -> LogitSet:
         train_counts=[int(v) for v in tensors["train_counts"].tolist()], name=meta.get("name") or path.stem,
         seed=int(meta.get("seed", 0)), checkpoint=meta.get("checkpoint", ""),
         evaluation=json.loads(meta.get("evaluation", "{}")), test_set=json.loads(meta.get("test_set", "{}")),
-        fixed={k[len("fixed."):]: v.long() for k, v in tensors.items() if k.startswith("fixed.")},
+        fixed=fixed_priors(tensors, json.loads(meta.get("fixed_order", "[]"))),
         fixed_seed=int(meta.get("fixed_seed", 0)), heldout_logits=None if heldout is None else heldout.float(),
         heldout_targets=optional("val.targets"), view_logits=optional("views.logits"),
         views_of=meta.get("views_of", ""), label="")
