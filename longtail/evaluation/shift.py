@@ -34,12 +34,13 @@ from longtail.data_loader.shift_protocols import PriorPool, ShiftedPrior, draw_p
 from longtail.evaluation.hooks import AggregationContext, PosthocContext
 from longtail.evaluation.report import ensemble_logits
 from longtail.evaluation.runner import EvalOptions, default_priors, load_runs
-from longtail.evaluation.saved_logits import LogitSet, expand_logit_files, load_logits, logit_file_name, save_logits
+from longtail.evaluation.saved_logits import (LogitSet, expand_logit_files, labels_digest, load_logits, logit_file_name,
+                                              save_logits)
 from longtail.registry import AGGREGATIONS, LOADERS, POSTHOC, TEST_PROTOCOLS
 from longtail.utils.config import config_stem, set_by_path
 from longtail.utils.errors import ConfigError, DataError, DataNotFoundError
 from longtail.utils.metrics import (accuracy_report, brier_score, calibration_errors, classwise_calibration_error,
-                                    negative_log_likelihood, reliability_bins)
+                                    reliability_bins)
 from longtail.utils.tables import GROUPS, PaperTable, paper_table, row_labels, to_latex, to_markdown, to_text, write_csv
 
 ESTIMATOR_ALIASES = {"em": "estimate"}  # --estimators names -> POSTHOC entries
@@ -178,13 +179,30 @@ def label_sets(sets: Sequence[LogitSet]) -> None:
 
 def calibration_columns(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     """ECE / MCE (15 bins), classwise ECE, NLL and Brier of one test set's corrected logits."""
-    probs = F.softmax(logits.double(), dim=1)
+    log_probs = F.log_softmax(logits.double(), dim=1)  # once: NLL = -mean log p_y (= negative_log_likelihood)
+    probs = log_probs.exp()
+    nll = float(-log_probs.gather(1, targets[:, None]).mean())
     return {**calibration_errors(probs, targets), "cw_ece": classwise_calibration_error(probs, targets),
-            "nll": negative_log_likelihood(logits, targets), "brier": brier_score(probs, targets)}
+            "nll": nll, "brier": brier_score(probs, targets)}
+
+
+DRAWS: dict[tuple, dict[str, list[ShiftedPrior]]] = {}  # draws of the last test set (files of one data set share them)
 
 
 def draw_all(logit_set: LogitSet, shift: ShiftOptions, priors: Sequence[str]) -> dict[str, list[ShiftedPrior]]:
-    """Every protocol's test sets for one logit set (the same for every set with the same labels and counts)."""
+    """Every protocol's test sets for one logit set (the same for every set with the same labels, counts and fixed
+    subsets: drawn once for all of them)."""
+    key = (labels_digest(logit_set.targets), tuple(logit_set.train_counts), shift.seed, logit_set.fixed_seed,
+           json.dumps(shift.settings, sort_keys=True), tuple(shift.protocols), tuple(priors),
+           tuple((k, labels_digest(v)) for k, v in logit_set.fixed.items()))
+    if key not in DRAWS:
+        DRAWS.clear()
+        DRAWS[key] = draw_uncached(logit_set, shift, priors)
+    return DRAWS[key]
+
+
+def draw_uncached(logit_set: LogitSet, shift: ShiftOptions, priors: Sequence[str]) -> dict[str, list[ShiftedPrior]]:
+    """Every protocol's test sets for one logit set."""
     pool = PriorPool(logit_set.targets.numpy(), logit_set.train_counts, shift.seed,
                      {k: v.numpy() for k, v in logit_set.fixed.items()}, logit_set.fixed_seed)
     drawn = {}

@@ -14,6 +14,7 @@ batch's images are predicted with the weights right after its own step.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -172,19 +173,97 @@ def collect_view_logits(model: nn.Module, loader: BatchLoader, settings: dict[st
     return torch.stack(pairs)
 
 
+def saved_view_order(idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    """The images ``idx`` in the seeded shuffled order of test-time epoch ``epoch`` on saved views (the same order
+    for every checkpoint)."""
+    return idx[torch.randperm(len(idx), generator=torch_generator("cpu", 0, epoch, Stream.TEST_TIME_ORDER)).to(idx.device)]
+
+
 def saved_view_batches(view_logits: torch.Tensor, idx: torch.Tensor, batch_size: int) -> ViewBatches:
-    """Per epoch: the images ``idx`` in a seeded shuffled order, in batches, with the saved logits of view pair
-    ``epoch % V`` (the same order for every checkpoint)."""
+    """Per epoch: the images ``idx`` in saved_view_order, in batches, with the saved logits of view pair
+    ``epoch % V``. (learn_weights_from_views runs the same batches for many test sets at once.)"""
     idx = idx.to(view_logits.device)
 
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         pair = view_logits[epoch % view_logits.shape[0]]
-        order = idx[torch.randperm(len(idx), generator=torch_generator("cpu", 0, epoch, Stream.TEST_TIME_ORDER)).to(idx.device)]
+        order = saved_view_order(idx, epoch)
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             yield pair[0, rows].float(), pair[1, rows].float()
 
     return batches
+
+
+def _masked_probs(views: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """softmax over classes of sum_k w_k z_k for padded batches: views (L, B, E, C), weights (L, E) -> (L, B, C)."""
+    return F.softmax(torch.einsum("lbec,le->lbc", views, weights), dim=2)
+
+
+def batched_stability_loss(view1: torch.Tensor, view2: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor,
+                           entropy_weight: float) -> torch.Tensor:
+    """(L,) stability_loss of L test sets' padded batches at once (rows where ``mask`` is False are padding)."""
+    p1, p2 = _masked_probs(view1, weights), _masked_probs(view2, weights)
+    valid = mask.to(p1.dtype)
+    rows = valid.sum(dim=1)
+    loss = -(F.cosine_similarity(p1, p2, dim=2, eps=1e-6) * valid).sum(dim=1) / rows
+    if entropy_weight:
+        cells = rows * p1.shape[2]
+        h1 = -((p1 * p1.log()).sum(dim=2) * valid).sum(dim=1) / cells
+        h2 = -((p2 * p2.log()).sum(dim=2) * valid).sum(dim=1) / cells
+        loss = loss - entropy_weight * (h1 + h2)
+    return loss
+
+
+def learn_weights_from_views(view_logits: torch.Tensor, subsets: list[torch.Tensor], settings: dict[str, Any],
+                             max_cells: int = 2**24) -> list[AggregationResult]:
+    """learn_expert_weights on saved_view_batches for every subset, run for all subsets at once: step t of every
+    test set that still has a batch t (and has not stopped) is one padded batched computation, followed by SGD's
+    update (weight decay, momentum with the first buffer = the gradient, Nesterov) written out per test set, so the
+    result is that of running each test set alone (tested), at a fraction of the per-step overhead."""
+    num, experts = len(subsets), view_logits.shape[3]
+    batch, momentum, nesterov = int(settings["batch_size"]), float(settings["momentum"]), bool(settings["nesterov"])
+    lr, decay, entropy = float(settings["lr"]), float(settings["weight_decay"]), float(settings["entropy_weight"])
+    a = torch.full((num, experts), 1.0 / experts, device=view_logits.device)
+    buffer, started = torch.zeros_like(a), torch.zeros(num, dtype=torch.bool, device=a.device)
+    active, epochs_run = [len(idx) > 0 for idx in subsets], [0] * num
+    losses: list[list[float]] = [[] for _ in range(num)]
+    chunk = max(1, max_cells // max(1, batch * experts * view_logits.shape[4]))
+    for epoch in range(int(settings["epochs"])):
+        pair = view_logits[epoch % view_logits.shape[0]]
+        orders = [saved_view_order(idx.to(a.device), epoch) for idx in subsets]
+        totals = torch.zeros(num, dtype=torch.float64, device=a.device)
+        steps = max([math.ceil(len(o) / batch) for o, on in zip(orders, active) if on] or [0])
+        width = max([math.ceil(len(o) / batch) for o in orders] or [1]) * batch
+        padded = torch.full((num, max(width, batch)), -1, dtype=torch.long, device=a.device)
+        for p, order in enumerate(orders):  # every test set's epoch order, padded with -1
+            padded[p, :len(order)] = order
+        for step in range(steps):
+            live = [p for p in range(num) if active[p] and step * batch < len(orders[p])]
+            for start in range(0, len(live), chunk):
+                part = live[start:start + chunk]
+                rows = padded[part, step * batch:(step + 1) * batch]
+                mask = rows >= 0
+                view1, view2 = pair[0, rows.clamp_min(0)].float(), pair[1, rows.clamp_min(0)].float()
+                index = torch.tensor(part, device=a.device)
+                params = a[index].clone().requires_grad_(True)
+                loss = batched_stability_loss(view1, view2, mask, F.softmax(params, dim=1), entropy)
+                (grad,) = torch.autograd.grad(loss.sum(), params)
+                d = grad + decay * a[index]
+                if momentum:
+                    fresh = ~started[index]
+                    buf = torch.where(fresh[:, None], d, momentum * buffer[index] + d)
+                    buffer[index], started[index] = buf, True
+                    d = d + momentum * buf if nesterov else buf
+                a[index] = a[index] - lr * d
+                totals[index] += loss.detach().double() * mask.sum(dim=1).double()
+        for p in range(num):
+            if active[p]:
+                epochs_run[p] = epoch + 1
+                losses[p].append(float(totals[p]) / max(len(orders[p]), 1))
+                if bool((torch.round(F.softmax(a[p], dim=0), decimals=2) < settings["stop_below"]).any()):
+                    active[p] = False
+    return [AggregationResult(F.softmax(a[p], dim=0) if len(subsets[p]) else torch.full((experts,), 1.0 / experts),
+                              epochs_run[p], losses[p]) for p in range(num)]
 
 
 @AGGREGATIONS.register("sade")
@@ -194,10 +273,12 @@ def sade_aggregation(context: AggregationContext) -> dict[str, torch.Tensor]:
     from saved view logits (``context.view_logits``) it learns on those instead."""
     run, data, weights = context.run, context.data, {}
     quiet = bool(getattr(run, "quiet", False))
+    from_views = (dict(zip(context.subsets, learn_weights_from_views(context.view_logits, list(context.subsets.values()),
+                                                                     context.settings)))
+                  if context.view_logits is not None else {})
     for prior, idx in context.subsets.items():
         if context.view_logits is not None:
-            batches = saved_view_batches(context.view_logits, idx, int(context.settings["batch_size"]))
-            result = learn_expert_weights(batches, context.view_logits.shape[3], context.settings)
+            result = from_views[prior]
         else:
             result = learn_weights_on_images(run.model, data.test_loader, idx, run.config, context.settings)
         weights[prior] = result.weights
