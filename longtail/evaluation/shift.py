@@ -149,6 +149,10 @@ def collect_logit_set(run: Any, data: Any, priors: Sequence[str], aggregation: s
 
 def logit_sets_from_checkpoints(options: EvalOptions, shift: ShiftOptions) -> list[LogitSet]:
     """Every checkpoint's LogitSet (each model pass once); written to --save_logits when asked."""
+    if options.aggregation != "mean" and getattr(AGGREGATIONS.get(options.aggregation), "collect_views", None) is None:
+        raise ConfigError(f"aggregation {options.aggregation!r} has no saved-view form (collect_views), so it cannot "
+                          "run in the protocol evaluation; use it with the classic evaluation (no --protocol beyond "
+                          "fixed, no --estimators / --logits / --save_logits)")
     loaded = load_runs(options)
     sets = []
     for run, data in loaded:
@@ -214,17 +218,25 @@ def draw_uncached(logit_set: LogitSet, shift: ShiftOptions, priors: Sequence[str
     return drawn
 
 
+def applicable_aggregation(logit_set: LogitSet, aggregation: str, quiet: bool) -> str:
+    """The aggregation a logit set is evaluated with: the requested one when its views were collected for it, the
+    plain mean for a file without views (noted once), an error for views of another procedure."""
+    if aggregation == "mean" or logit_set.views_of == aggregation:
+        return aggregation
+    if logit_set.view_logits is None:
+        if not quiet:
+            print(f"{logit_set.label or logit_set.name}: no test-time views for {aggregation!r} in this logits file; "
+                  "evaluated with the plain expert mean", file=sys.stderr)
+        return "mean"
+    raise ConfigError(f"{logit_set.checkpoint or logit_set.name}: its views were collected for aggregation "
+                      f"{logit_set.views_of!r}, not {aggregation!r}")
+
+
 def aggregation_weights(logit_set: LogitSet, subsets: dict[str, torch.Tensor], aggregation: str,
                         quiet: bool) -> dict[str, torch.Tensor] | None:
-    """The test-time aggregation's weights per distinct subset (None: plain mean)."""
+    """The test-time aggregation's weights per distinct subset, learned on the saved views (None: plain mean)."""
     if aggregation == "mean":
         return None
-    if logit_set.view_logits is None and getattr(AGGREGATIONS.get(aggregation), "collect_views", None) is not None:
-        raise DataError(f"{logit_set.checkpoint or logit_set.name}: aggregation {aggregation!r} needs logits of "
-                        "augmented test views, which this logits file does not hold; write it with "
-                        f"--aggregation {aggregation} --save_logits DIR")
-    if logit_set.view_logits is None:
-        raise ConfigError(f"aggregation {aggregation!r} needs the model and cannot run from saved logits")
     settings = procedure_settings(aggregation, logit_set.evaluation)
     logit_set.quiet = quiet  # type: ignore[attr-defined]  (the procedure prints per prior unless quiet)
     context = AggregationContext(logit_set, None, subsets, logit_set.expert_logits, logit_set.targets, settings,
@@ -250,6 +262,7 @@ def evaluate_logit_set(logit_set: LogitSet, shift: ShiftOptions, modes: Sequence
         if key not in keys:
             keys[key] = f"s{len(keys)}:{shifted.name}"
             subsets[keys[key]] = torch.from_numpy(shifted.indices)
+    aggregation = applicable_aggregation(logit_set, aggregation, quiet)
     weights = aggregation_weights(logit_set, subsets, aggregation, quiet)
     mean_logits = logit_set.expert_logits.mean(dim=1)
     contexts: dict[Any, PosthocContext] = {}
