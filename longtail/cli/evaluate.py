@@ -10,7 +10,7 @@ import sys
 from typing import Any, Sequence
 
 from longtail.evaluation.runner import EvalOptions, evaluate_priors, evaluate_uniform
-from longtail.cli.shift_args import add_shift_arguments, shift_options_from_args, wants_shift
+from longtail.cli.protocols import add_shift_arguments, shift_options_from_args, wants_shift
 from longtail.evaluation.shift import evaluate_shift
 from longtail.cli.common import add_method_flags, add_set_argument, method_flag_overrides, run_tool, set_overrides
 

@@ -514,8 +514,9 @@ def evaluate_shift(options: EvalOptions, shift: ShiftOptions) -> pd.DataFrame:
                                   options.quiet, reliability)
     summary = summarise(results)
     tables = shift_tables(results, summary, shift.protocols)
-    if not options.quiet:
-        print("\n\n".join(to_text(t) for t in tables))
+    if not options.quiet:  # the console shows the summary (and the corrections); every table is in results.md
+        shown = [tables[0]] + ([tables[-1]] if summary["posthoc"].nunique() > 1 else [])
+        print("\n\n".join(to_text(t) for t in shown))
     out_dir = out_dir_for(options, sets)
     if out_dir is not None:
         write_outputs(out_dir, results, summary, tables, shift, reliability, options.quiet)

@@ -1,4 +1,6 @@
-"""The test_all_*.py flags of the shifted-prior evaluation (evaluation/shift.py, docs/test_agnostic.md):
+"""``python -m longtail.cli.protocols``: list the test-prior protocols (with their default settings) and the
+post-hoc corrections / label-shift estimators; and the test_all_*.py flags of the shifted-prior evaluation
+(evaluation/shift.py, docs/test_agnostic.md):
 
 --protocol fixed,dirichlet,dirichlet_sym,tweak_one,severity   families of test priors (default: fixed)
 --protocol_set dirichlet.trials=3                            a protocol's settings (repeatable, values as JSON)
@@ -10,9 +12,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+import sys
+from typing import Any, Sequence
 
-from longtail.evaluation.shift import ShiftOptions
+from longtail.cli.common import run_tool
+from longtail.data_loader.shift_protocols import protocol_settings
+from longtail.evaluation.shift import ESTIMATOR_ALIASES, ShiftOptions
+from longtail.registry import POSTHOC, TEST_PROTOCOLS
 from longtail.utils.config import parse_set_items
 from longtail.utils.errors import ConfigError
 
@@ -70,3 +77,28 @@ def shift_options_from_args(args: argparse.Namespace) -> ShiftOptions:
                         settings=protocol_settings_from(args.protocol_set), estimators=split_names(args.estimators),
                         seed=args.protocol_seed, logit_files=list(args.logits or []), save_logits=args.save_logits,
                         logits_dtype=args.logits_dtype)
+
+
+def catalogue() -> str:
+    """Every registered protocol with its default settings, and every correction with its one-line description."""
+    lines = ["test-prior protocols (--protocol; settings: --protocol_set NAME.KEY=VALUE):"]
+    for name in TEST_PROTOCOLS.names():
+        lines.append(f"  {name:14s} {json.dumps(protocol_settings(name))}")
+    lines.append("post-hoc corrections and estimators (--posthoc_bias_correction / --estimators):")
+    aliases = {v: k for k, v in ESTIMATOR_ALIASES.items()}
+    for name in POSTHOC.names():
+        doc = (POSTHOC.get(name).__doc__ or "").strip().splitlines()[0]
+        shown = f"{name} ({aliases[name]})" if name in aliases else name
+        lines.append(f"  {shown:14s} {doc}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m longtail.cli.protocols``: print the catalogue."""
+    parser = argparse.ArgumentParser(description="List the test-prior protocols and the label-shift corrections "
+                                                 "of test_all_*.py (docs/test_agnostic.md).")
+    return run_tool(parser, lambda args: print(catalogue()) or 0, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
