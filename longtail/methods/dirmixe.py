@@ -40,12 +40,21 @@ def dirichlet_centres(cls_num_list: Sequence[int]) -> torch.Tensor:
     return torch.stack([prior, torch.full_like(prior, 1.0 / len(prior)), inverse_prior(prior)])
 
 
-def draw_pool(centres: torch.Tensor, size: int, alpha_sum: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``size`` draws (expert k uniform over the centres, w ~ Dir(alpha_sum * centre_k)): (k (size,), w (size, C))."""
+def draw_pool(centres: torch.Tensor, size: int, alpha_sum: float, rng: np.random.Generator,
+              chunk: int = 4096) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``size`` draws (expert k uniform over the centres, w ~ Dir(alpha_sum * centre_k)): k (size,) and the w in
+    chunks of ``chunk`` rows (so that a large pool, e.g. ImageNet-LT's 60 x 1811 draws of 1000 classes, is never
+    held in float64 at once)."""
     experts = rng.integers(0, centres.shape[0], size=size)
     alphas = centres.numpy() * alpha_sum
-    draws = np.stack([rng.dirichlet(alphas[k]) for k in experts]) if size else np.zeros((0, centres.shape[1]))
-    return experts, draws
+    chunks = [np.stack([rng.dirichlet(alphas[k]) for k in experts[start:start + chunk]])
+              for start in range(0, size, chunk)]
+    return experts, chunks
+
+
+def log_adjustment(draws: torch.Tensor, prior: torch.Tensor, power: float) -> torch.Tensor:
+    """log((w / pi) ** power + 1e-9) in float64, returned as float32 (the reference's score shift)."""
+    return torch.log((draws.double() / prior.double()) ** power + 1e-9).float()
 
 
 def semi_variance(losses: torch.Tensor) -> torch.Tensor:
@@ -66,15 +75,20 @@ class DirMixELoss(ExpertLoss):
                  alpha_sum: float, regularise_from_epoch: int, seed: int) -> None:
         super().__init__()
         prior = training_prior(cls_num_list)
-        experts, draws = draw_pool(dirichlet_centres(cls_num_list), trials * pool_batches, alpha_sum,
-                                   numpy_generator(seed, Stream.LOSS_DRAWS))
-        self.set_pool(torch.from_numpy(experts), torch.from_numpy(draws), prior, power)
+        experts, chunks = draw_pool(dirichlet_centres(cls_num_list), trials * pool_batches, alpha_sum,
+                                    numpy_generator(seed, Stream.LOSS_DRAWS))
+        adjustment = torch.cat([log_adjustment(torch.from_numpy(c), prior, power) for c in chunks]) if chunks else \
+            torch.zeros(0, len(cls_num_list))
+        self.install(torch.from_numpy(experts), adjustment)
         self.trials, self.seed, self.lambda_var = int(trials), int(seed), float(lambda_var)
         self.regularise_from_epoch, self.regularise = int(regularise_from_epoch), False
 
     def set_pool(self, experts: torch.Tensor, draws: torch.Tensor, prior: torch.Tensor, power: float) -> None:
         """Install a pool of (expert, target prior w) draws, in this order (parity tests pass the reference's)."""
-        adjustment = torch.log((draws.double() / prior.double()) ** power + 1e-9)
+        self.install(experts, log_adjustment(draws, prior, power))
+
+    def install(self, experts: torch.Tensor, adjustment: torch.Tensor) -> None:
+        """The pool as non-persistent buffers: expert indices, score shifts, the epoch's order and the position."""
         self.register_buffer("pool_experts", experts.long(), persistent=False)
         self.register_buffer("pool_adjustment", adjustment.float(), persistent=False)
         self.register_buffer("order", torch.arange(len(experts)), persistent=False)
