@@ -66,7 +66,7 @@ def tables(results: pd.DataFrame, estimates: pd.DataFrame) -> str:
                                                                                 "medium", "few"], None,
                                    caption="Dirichlet protocol (DirMixE's: 3 centres x 10 draws): top-1 (%) mean over "
                                            "the 30 test sets, spread (std over test sets), worst test set, "
-                                           "many/medium/few; mean ± std over 3 seeds"), row_title="method")]
+                                           "many/medium/few; mean ± std over seeds"), row_title="method")]
     families = family_summary(results, "dirichlet")
     out.append(to_markdown(paper_table(families, ["all"], "family", ["forward100", "uniform", "backward100"],
                                        caption="Dirichlet protocol per centre: top-1 (%) mean over its 10 draws"),
@@ -83,13 +83,14 @@ def tables(results: pd.DataFrame, estimates: pd.DataFrame) -> str:
     if len(estimates):
         est = summarise(estimates)
         est = est[est["protocol"].isin(["dirichlet", "tweak_one", "severity"])]
+        est = est.assign(prior_tv=est["prior_tv"] * 100, prior_js=est["prior_js"] * 100)  # shown in units of 1e-2
         out.append(to_markdown(paper_table(est, ["prior_tv", "mean", "worst"], "protocol",
                                            ["dirichlet", "tweak_one", "severity"],
-                                           caption="label-shift estimators: TV error of the estimated prior, top-1 (%) "
+                                           caption="label-shift estimators: TV error (x 100) of the estimated prior, top-1 (%) "
                                                    "mean and worst after correcting with it; none = uncorrected, "
                                                    "oracle = the true prior"), row_title="method + correction"))
         out.append(to_markdown(paper_table(est, ["prior_js", "ece"], "protocol", ["dirichlet", "tweak_one", "severity"],
-                                           caption="label-shift estimators: JS divergence (natural log) of the "
+                                           caption="label-shift estimators: JS divergence (natural log, x 100) of the "
                                                    "estimate, ECE (%) after the correction"),
                                row_title="method + correction"))
     return "\n\n".join(out) + "\n"
