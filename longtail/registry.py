@@ -22,6 +22,8 @@ SAMPLERS = Registry("sampler")
 LOADERS = Registry("loader")  # keyed by a data set's ``loader_kind``: how batches of that kind of data set are made
 AUGMENTS = Registry("augmentation")  # batch augmentations of tensor data sets (data_loader.args.augment)
 IMAGE_AUGMENTS = Registry("image augmentation")  # per-image augmentations of image-list data sets
+# families of shifted test priors: fn(PriorPool, **settings) -> [ShiftedPrior] (data_loader/shift_protocols.py)
+TEST_PROTOCOLS = Registry("test-prior protocol")
 
 # ---- model layer (longtail.model)
 MODELS = Registry("model")

@@ -10,6 +10,8 @@ import sys
 from typing import Any, Sequence
 
 from longtail.evaluation.runner import EvalOptions, evaluate_priors, evaluate_uniform
+from longtail.cli.protocols import add_shift_arguments, shift_options_from_args, wants_shift
+from longtail.evaluation.shift import evaluate_shift
 from longtail.cli.common import add_method_flags, add_set_argument, method_flag_overrides, run_tool, set_overrides
 
 
@@ -17,7 +19,7 @@ def build_parser(description: str, with_priors: bool) -> argparse.ArgumentParser
     """Arguments shared by test.py and test_all_*.py (plus the flags method plugins contribute)."""
     tool = "test_all" if with_priors else "test"
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("-r", "--resume", nargs="+", required=True,
+    p.add_argument("-r", "--resume", nargs="+", required=not with_priors,
                    help="checkpoint(s): paths, quoted globs ('saved/x/seed*/last.pth'), run directories or a folder "
                         "of runs (saved/<name>/: every run's last.pth)")
     p.add_argument("-c", "--config", help="a config file: replaces the checkpoint's top-level sections; required to "
@@ -51,6 +53,7 @@ def build_parser(description: str, with_priors: bool) -> argparse.ArgumentParser
                             "have every group)")
         p.add_argument("--priors", nargs="+",
                        help="subset/order of test priors to evaluate (space- or comma-separated, e.g. uniform,backward50)")
+        add_shift_arguments(p)
     add_method_flags(p, tool)
     return p
 
@@ -68,7 +71,7 @@ def options_from_args(args: argparse.Namespace, tool: str, priors: Sequence[str]
     if args.batch_size:
         overrides.append(("evaluation.test_batch_size", args.batch_size))
     overrides += method_flag_overrides(args, tool) + set_overrides(args)
-    options = EvalOptions(args.resume, args.device, overrides, args.out, format=args.format, config=args.config,
+    options = EvalOptions(args.resume or [], args.device, overrides, args.out, format=args.format, config=args.config,
                           include_unfinished=args.include_unfinished, latest=args.latest)
     if tool == "test_all":
         options.priors = split_names(args.priors) or list(priors)
@@ -93,7 +96,16 @@ def priors_main(priors: Sequence[str] = (), argv: Sequence[str] | None = None, d
     """Entry point of the test_all_*.py scripts: they differ only in ``priors`` (default: the checkpoint's data set's
     protocol, e.g. forward3 ... backward3 for iNaturalist)."""
     parser = build_parser(description or "Evaluate checkpoints under shifted test class priors.", with_priors=True)
-    return run_tool(parser, lambda args: _done(evaluate_priors(options_from_args(args, "test_all", priors))), argv)
+
+    def run(args: argparse.Namespace) -> int:
+        if not args.resume and not args.logits:
+            parser.error("give checkpoints (-r) or saved logits files (--logits)")
+        options = options_from_args(args, "test_all", priors)
+        if wants_shift(args):  # protocols beyond the fixed priors, estimators, logits files (evaluation/shift.py)
+            return _done(evaluate_shift(options, shift_options_from_args(args)))
+        return _done(evaluate_priors(options))
+
+    return run_tool(parser, run, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import math
 import hashlib
 import pickle
 import shutil
@@ -20,6 +21,7 @@ from longtail.data_loader.augment import normalize
 from longtail.data_loader.profiles import lt_class_counts, select_per_class, shifted_prior_counts
 from longtail.utils.errors import ConfigError, DataError, DataNotFoundError
 from longtail.registry import DATASETS
+from longtail.utils.seed import Stream, numpy_generator
 
 
 # Official checksums (torchvision's lists for the CIFAR pickles; decompressed idx files for Fashion-MNIST).
@@ -330,19 +332,69 @@ def make_lt_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, tr
                               mean, std, name, class_names, split_seed)
 
 
+def holdout_count(n: int, fraction: float, max_per_class: int | None) -> int:
+    """Images of a class with n training images that go to the held-out part (>= 1 when n >= 2, never all);
+    ``max_per_class`` None means no cap."""
+    if fraction <= 0 or n < 2:
+        return 0
+    cap = n if max_per_class is None else max_per_class
+    return max(1, min(cap, int(math.floor(n * fraction)), n - 1))
+
+
+def holdout_split(targets: torch.Tensor, num_classes: int, fraction: float, max_per_class: int | None,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept indices, held-out indices), both ascending; per class a seeded random choice of holdout_count images."""
+    labels = targets.cpu().numpy()
+    rng = numpy_generator(seed, Stream.HOLDOUT)
+    held = []
+    for cls in range(num_classes):
+        members = np.flatnonzero(labels == cls)
+        held.append(rng.permutation(members)[:holdout_count(len(members), fraction, max_per_class)])
+    held_idx = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    keep = np.setdiff1d(np.arange(len(labels)), held_idx)
+    return torch.from_numpy(keep).long(), torch.from_numpy(held_idx).long()
+
+
+def check_holdout(fraction: float, max_per_class: int | None, split: str) -> None:
+    """Clear errors for bad held-out split arguments of an LT builder."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise ConfigError(f"data_loader.args.holdout_fraction must be in [0, 1), got {fraction!r}")
+    if max_per_class is not None and (isinstance(max_per_class, bool) or not isinstance(max_per_class, int)
+                                      or max_per_class < 1):
+        raise ConfigError(f"data_loader.args.holdout_max_per_class must be a positive integer or null, got {max_per_class!r}")
+    if split == "val" and fraction <= 0:
+        raise ConfigError("the 'val' split needs a held-out part: set data_loader.args.holdout_fraction > 0 "
+                          "(e.g. 0.1; off by default so the published training sets stay unchanged)")
+
+
+def holdout_part(data: ImageTensorDataset, split: str, fraction: float, max_per_class: int | None,
+                 seed: int) -> ImageTensorDataset:
+    """The LT training split minus its seeded held-out part ('train') or that part ('val'); unchanged when off."""
+    if fraction <= 0:
+        return data
+    keep, held = holdout_split(data.targets, data.num_classes, fraction, max_per_class, seed)
+    idx = keep if split == "train" else held
+    return ImageTensorDataset(data.images[idx], data.targets[idx], data.num_classes, data.mean, data.std, data.name,
+                              list(data.class_names), data.split_seed)
+
+
 def _register_lt(name: str, reader: Callable[..., tuple[np.ndarray, np.ndarray, list[str]]], num_classes: int,
                  default_dir: str, mean: tuple[float, ...], std: tuple[float, ...], image_shape: tuple[int, int, int],
                  train_per_class: int, test_per_class: int) -> None:
     """Register one LT data set builder ``name(split, data_dir, imb_factor, imb_type, split_seed, download)``."""
 
     def build(split: str = "train", data_dir: str = default_dir, imb_factor: float = 0.01, imb_type: str = "exp",
-              split_seed: int = 0, download: bool = True) -> ImageTensorDataset:
-        if split not in ("train", "test"):
-            raise ConfigError(f"{name}: split must be 'train' or 'test', got {split!r}")
-        images, labels, class_names = reader(data_dir, train=split == "train", download=download,
+              split_seed: int = 0, download: bool = True, holdout_fraction: float = 0.0,
+              holdout_max_per_class: int | None = None, holdout_seed: int = 0) -> ImageTensorDataset:
+        if split not in ("train", "val", "test"):
+            raise ConfigError(f"{name}: split must be 'train', 'val' or 'test', got {split!r}")
+        check_holdout(holdout_fraction, holdout_max_per_class, split)
+        images, labels, class_names = reader(data_dir, train=split != "test", download=download,
                                              fallback=Path(data_dir) == Path(default_dir))
-        return make_lt_dataset(images, labels, num_classes, split == "train", imb_factor, imb_type, split_seed,
+        data = make_lt_dataset(images, labels, num_classes, split != "test", imb_factor, imb_type, split_seed,
                                f"{name}/{split}", mean, std, class_names)
+        return data if split == "test" else holdout_part(data, split, holdout_fraction, holdout_max_per_class,
+                                                         holdout_seed)
 
     build.__name__ = name
     build.__doc__ = f"{name}: long-tailed training split (exp profile, seeded subset) or the balanced test split."
@@ -368,8 +420,12 @@ def dataset_info(name: str, args: dict) -> dict:
     if hasattr(builder, "info_for"):
         return builder.info_for(args)  # type: ignore[attr-defined]
     info = dict(builder.info)  # type: ignore[attr-defined]
-    info["cls_num_list"] = lt_class_counts(info["train_per_class"], info["num_classes"], args.get("imb_factor", 0.01),
-                                           args.get("imb_type", "exp"))
+    counts = lt_class_counts(info["train_per_class"], info["num_classes"], args.get("imb_factor", 0.01),
+                             args.get("imb_type", "exp"))
+    fraction, cap = args.get("holdout_fraction", 0.0), args.get("holdout_max_per_class")
+    if fraction:
+        counts = [n - holdout_count(n, fraction, cap) for n in counts]
+    info["cls_num_list"] = counts
     return info
 
 

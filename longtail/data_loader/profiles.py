@@ -1,5 +1,9 @@
 """Long-tailed class-count profiles, shifted test priors by name, and the seeded per-class subset selection.
 
+Sampled test priors (docs/test_agnostic.md): Dirichlet draws centred at a forward / uniform / backward profile
+(DirMixE's protocol), symmetric Dirichlet draws and tweak-one priors, each turned into per-class image counts of a
+balanced test set (:func:`prior_to_counts`).
+
 Shifted test sets of lists (docs/methods.md, shifted test priors): rank the classes by TRAINING frequency (rank 0 = most frequent, ties
 keep class order); forward-K keeps ``floor(n_test * (1/K) ** (r / (C - 1)))`` images of the class of rank r,
 backward-K the same with the ranks reversed; n_test is the per-class size of the balanced test set.
@@ -70,8 +74,13 @@ def select_per_class(targets: Sequence[int] | np.ndarray, counts: Sequence[int],
     This reproduces the reference selection exactly (it reseeds the global RNG with the same seed) without
     touching the global NumPy RNG.
     """
+    return select_with(targets, counts, np.random.RandomState(seed))
+
+
+def select_with(targets: Sequence[int] | np.ndarray, counts: Sequence[int], rng: np.random.RandomState) -> np.ndarray:
+    """:func:`select_per_class` drawing from ``rng`` (which it advances): per class in class order, shuffle that
+    class's indices and keep the first counts[c]; class-sorted, not index-sorted."""
     targets = np.asarray(targets)
-    rng = np.random.RandomState(seed)
     chosen = []
     for cls, count in enumerate(counts):
         idx = np.where(targets == cls)[0]
@@ -114,3 +123,41 @@ def shifted_subset_indices(test_targets: Sequence[int] | np.ndarray, train_count
         raise DataError(f"test prior {prior!r} needs every class in the test list; classes {missing} have no test image")
     wanted = shifted_class_counts(prior, n_test, train_counts)
     return np.sort(select_per_class(targets, wanted, seed))
+
+
+def prior_to_counts(prior: Sequence[float] | np.ndarray, n_test: int, minimum: int = 1) -> list[int]:
+    """Per-class counts of the largest subset of a balanced test set (n_test per class) with class proportions
+    ``prior``: max(floor(n_test * q_c / max q), minimum), as DirMixE's test sets (the most frequent class keeps all
+    its images)."""
+    prior = np.asarray(prior, dtype=np.float64)
+    return [max(int(q / prior.max() * n_test), minimum) for q in prior]
+
+
+def perturbed_dirichlet_counts(rng: np.random.RandomState, n_test: int, profile_counts: Sequence[int]) -> list[int]:
+    """DirMixE's shifted test-set draw (scongl/DirMixE, data_loader/imbalance_cifar.py, ``get_img_num_per_cls``):
+    alpha = the profile's counts, each times (1 + 0.1 * (u - 0.5)) with u ~ U[0, 1) drawn in class order, rescaled
+    to sum to n_test; q ~ Dir(alpha); counts = max(int(q_c / max q * n_test), 1). Same draws from the same
+    RandomState state as the official code (tests/parity/test_parity_dirmixe.py)."""
+    alpha = [float(x) for x in profile_counts]
+    for i in range(len(alpha)):
+        alpha[i] += (rng.random_sample() - 0.5) * 0.1 * alpha[i]
+    total = sum(alpha)
+    alpha = [x * n_test / total for x in alpha]
+    return prior_to_counts(rng.dirichlet(alpha), n_test)
+
+
+def by_rank(values_by_rank: Sequence[int], train_counts: Sequence[int]) -> list[int]:
+    """Values indexed by training-frequency rank (rank 0 = most frequent) -> indexed by class."""
+    out = [0] * len(train_counts)
+    for rank, cls in enumerate(frequency_ranks(train_counts)):
+        out[int(cls)] = int(values_by_rank[rank])
+    return out
+
+
+def tweak_one_prior(num_classes: int, cls: int, rho: float) -> np.ndarray:
+    """Tweak-one shift (Lipton et al., ICML 2018): class ``cls`` gets probability rho, the others share 1 - rho."""
+    if num_classes < 2 or not 0 < rho < 1:
+        raise ConfigError(f"tweak-one shift needs >= 2 classes and 0 < rho < 1, got {num_classes} classes, rho {rho}")
+    prior = np.full(num_classes, (1.0 - rho) / (num_classes - 1))
+    prior[cls] = rho
+    return prior

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from longtail.data_loader.datasets import ImageTensorDataset, dataset_info
+from longtail.data_loader.datasets import ImageTensorDataset, dataset_info, holdout_count, holdout_split
 from longtail.registry import DATASETS
 from longtail.utils.defaults import FEW_THRESHOLD, MANY_THRESHOLD
 from longtail.utils.errors import ConfigError
@@ -24,27 +24,6 @@ from longtail.utils.metrics import group_classes
 from longtail.utils.seed import Stream, numpy_generator
 
 GROUPS = ("many", "medium", "few")
-
-
-def holdout_count(n: int, fraction: float, max_per_class: int) -> int:
-    """Images of a class with n training images that go to the held-out part (>= 1 when n >= 2, never all)."""
-    if fraction <= 0 or n < 2:
-        return 0
-    return max(1, min(max_per_class, int(math.floor(n * fraction)), n - 1))
-
-
-def holdout_split(targets: torch.Tensor, num_classes: int, fraction: float, max_per_class: int,
-                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(kept indices, held-out indices), both ascending; per class a seeded random choice of holdout_count images."""
-    labels = targets.cpu().numpy()
-    rng = numpy_generator(seed, Stream.HOLDOUT)
-    held = []
-    for cls in range(num_classes):
-        members = np.flatnonzero(labels == cls)
-        held.append(rng.permutation(members)[:holdout_count(len(members), fraction, max_per_class)])
-    held_idx = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
-    keep = np.setdiff1d(np.arange(len(labels)), held_idx)
-    return torch.from_numpy(keep).long(), torch.from_numpy(held_idx).long()
 
 
 def open_count(closed: int, available: int, ratio: float) -> int:

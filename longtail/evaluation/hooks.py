@@ -7,7 +7,9 @@
   ("mean" is built in). The context holds the expert logits the evaluator already collected; a procedure that
   needs the images themselves (augmented views) has the model and the test loader too. Settings: the block
   ``evaluation.test_time.<name>`` (``<name>`` = the entry's ``settings_key``, default its own name), merged over the
-  entry's ``defaults`` and checked against them when the config is resolved.
+  entry's ``defaults`` and checked against them when the config is resolved. An entry that can also run without
+  the model, from saved logits of augmented views of the test images, provides ``collect_views(model, loader,
+  settings, amp) -> (V, 2, N, E, C)``; the context then holds them as ``view_logits`` (and ``run.model`` may be None).
 * ``CHECKPOINT_READERS``: checkpoints written by other code bases, ``fn(path) -> ForeignWeights | None`` (None:
   not this reader's format); the evaluator builds the model from ``-c CONFIG`` and loads ``convert(model)``
   (methods/original_repos.py reads the original BalPoE / SADE / RIDE checkpoints).
@@ -16,7 +18,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -26,10 +28,15 @@ import torch.nn as nn
 
 @dataclass
 class PosthocContext:
-    """What a post-hoc correction may use besides the logits: training counts and the evaluation settings."""
+    """What a post-hoc correction may use besides the logits: training counts, the evaluation settings and, when the
+    evaluator has them, labelled held-out logits from the training distribution (the same ensemble as the test
+    logits; estimators and calibrations fit on them) plus a cache for what is fitted once per checkpoint."""
 
     cls_num_list: list[int]
     evaluation: dict[str, Any]
+    heldout_logits: torch.Tensor | None = None
+    heldout_targets: torch.Tensor | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -53,3 +60,4 @@ class AggregationContext:
     expert_logits: torch.Tensor
     targets: torch.Tensor
     settings: dict[str, Any]
+    view_logits: torch.Tensor | None = None  # (V, 2, N, E, C): saved logits of augmented test views (collect_views)

@@ -5,8 +5,8 @@
   test prior"; with the default uniform source prior this is log q_c plus a constant, exactly BalPoE's correction;
   classes absent from the test set get -inf and are never predicted).
 * ``estimate``: add log q_est - log pi_source with q_est estimated by EM from the unlabeled predictions
-  (evaluation.source_prior says which prior the posteriors assume); adds ``prior_tv``, the total-variation distance
-  of the estimate to the true test prior.
+  (evaluation.source_prior says which prior the posteriors assume); adds ``prior_tv`` and ``prior_js``, the
+  total-variation distance and Jensen-Shannon divergence of the estimate to the true test prior.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 
 from longtail.evaluation.hooks import PosthocContext
 from longtail.registry import POSTHOC
-from longtail.evaluation.prior_estimation import estimated_prior_shift, source_prior, total_variation
+from longtail.evaluation.prior_estimation import estimated_prior_shift, jensen_shannon, source_prior, total_variation
 
 
 def empirical_prior(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -54,8 +54,9 @@ def estimated_prior(logits: torch.Tensor, targets: torch.Tensor, context: Postho
     """Add log q_est - log pi_source (EM estimate from the unlabeled predictions) and report its TV distance."""
     source = source_prior(context.evaluation["source_prior"], context.cls_num_list)
     shift, estimate = estimated_prior_shift(logits, source)
-    tv = total_variation(estimate, empirical_prior(targets, logits.shape[1]).to(estimate.device))
-    return logits + shift.to(logits), {"prior_tv": tv}
+    truth = empirical_prior(targets, logits.shape[1]).to(estimate.device)
+    return logits + shift.to(logits), {"prior_tv": total_variation(estimate, truth),
+                                       "prior_js": jensen_shannon(estimate, truth)}
 
 
 estimated_prior.caption = " with posthoc bias correction (EM-estimated test prior)"  # type: ignore[attr-defined]

@@ -75,6 +75,18 @@ def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
     return 0.5 * float((p.double() - q.double()).abs().sum())
 
 
+def jensen_shannon(p: torch.Tensor, q: torch.Tensor) -> float:
+    """JS(p, q) = KL(p || m) / 2 + KL(q || m) / 2 with m = (p + q) / 2, natural log (0 <= JS <= log 2)."""
+    p, q = p.double(), q.double()
+    m = (p + q) / 2
+
+    def kl(a: torch.Tensor) -> torch.Tensor:
+        mask = a > 0
+        return (a[mask] * (a[mask] / m[mask]).log()).sum()
+
+    return float(kl(p) / 2 + kl(q) / 2)
+
+
 def estimated_prior_shift(logits: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log q_est - log pi_s to add to the logits, q_est) for ensemble logits (N, C)."""
     estimate = em_prior(F.softmax(logits.float(), dim=1), source)

@@ -14,6 +14,7 @@ batch's images are predicted with the weights right after its own step.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -29,6 +30,7 @@ from longtail.evaluation.report import ensemble_logits
 from longtail.registry import register_cli_flag
 from longtail.utils.device import autocast_context
 from longtail.utils.errors import ConfigError
+from longtail.utils.seed import Stream, torch_generator
 
 # Defaults = SADE's CIFAR test-time config; override with evaluation.test_time.sade.<key> (e.g. --set on test_all_*.py).
 TEST_TIME_DEFAULTS: dict[str, Any] = {
@@ -155,17 +157,138 @@ def learn_weights_on_images(model: nn.Module, loader: BatchLoader, idx: torch.Te
     return learn_expert_weights(batches, int(getattr(model, "num_experts", 1)), settings)
 
 
+def collect_view_logits(model: nn.Module, loader: BatchLoader, settings: dict[str, Any], amp: str = "off") -> torch.Tensor:
+    """Per-expert logits of ``settings['epochs']`` pairs of augmented views of every test image, (V, 2, N, E, C)
+    in test-set order (pair v is test-time epoch v's augmentation), so the aggregation can run without the model
+    from a file of saved logits (evaluation/saved_logits.py)."""
+    everything = torch.arange(len(loader.dataset))
+    batches = model_view_batches(model, loader, everything, settings, amp)
+    pairs = []
+    for epoch in range(int(settings["epochs"])):
+        order = loader.view_order(everything, epoch)
+        first, second = zip(*batches(epoch))
+        pair = torch.empty((2, len(everything), *first[0].shape[1:]), dtype=first[0].dtype, device=first[0].device)
+        pair[0, order.to(pair.device)], pair[1, order.to(pair.device)] = torch.cat(first), torch.cat(second)
+        pairs.append(pair)
+    return torch.stack(pairs)
+
+
+def saved_view_order(idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    """The images ``idx`` in the seeded shuffled order of test-time epoch ``epoch`` on saved views (the same order
+    for every checkpoint)."""
+    return idx[torch.randperm(len(idx), generator=torch_generator("cpu", 0, epoch, Stream.TEST_TIME_ORDER)).to(idx.device)]
+
+
+def saved_view_batches(view_logits: torch.Tensor, idx: torch.Tensor, batch_size: int) -> ViewBatches:
+    """Per epoch: the images ``idx`` in saved_view_order, in batches, with the saved logits of view pair
+    ``epoch % V``. (learn_weights_from_views runs the same batches for many test sets at once.)"""
+    idx = idx.to(view_logits.device)
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        pair = view_logits[epoch % view_logits.shape[0]]
+        order = saved_view_order(idx, epoch)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            yield pair[0, rows].float(), pair[1, rows].float()
+
+    return batches
+
+
+def _masked_probs(views: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """softmax over classes of sum_k w_k z_k for padded batches: views (L, B, E, C), weights (L, E) -> (L, B, C)."""
+    return F.softmax(torch.einsum("lbec,le->lbc", views, weights), dim=2)
+
+
+def batched_stability_loss(view1: torch.Tensor, view2: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor,
+                           entropy_weight: float) -> torch.Tensor:
+    """(L,) stability_loss of L test sets' padded batches at once (rows where ``mask`` is False are padding)."""
+    p1, p2 = _masked_probs(view1, weights), _masked_probs(view2, weights)
+    valid = mask.to(p1.dtype)
+    rows = valid.sum(dim=1)
+    loss = -(F.cosine_similarity(p1, p2, dim=2, eps=1e-6) * valid).sum(dim=1) / rows
+    if entropy_weight:
+        cells = rows * p1.shape[2]
+        h1 = -((p1 * p1.log()).sum(dim=2) * valid).sum(dim=1) / cells
+        h2 = -((p2 * p2.log()).sum(dim=2) * valid).sum(dim=1) / cells
+        loss = loss - entropy_weight * (h1 + h2)
+    return loss
+
+
+def learn_weights_from_views(view_logits: torch.Tensor, subsets: list[torch.Tensor], settings: dict[str, Any],
+                             max_cells: int = 2**24) -> list[AggregationResult]:
+    """learn_expert_weights on saved_view_batches for every subset, run for all subsets at once: step t of every
+    test set that still has a batch t (and has not stopped) is one padded batched computation, followed by SGD's
+    update (weight decay, momentum with the first buffer = the gradient, Nesterov) written out per test set, so the
+    result is that of running each test set alone (tested), at a fraction of the per-step overhead."""
+    num, experts = len(subsets), view_logits.shape[3]
+    batch, momentum, nesterov = int(settings["batch_size"]), float(settings["momentum"]), bool(settings["nesterov"])
+    lr, decay, entropy = float(settings["lr"]), float(settings["weight_decay"]), float(settings["entropy_weight"])
+    a = torch.full((num, experts), 1.0 / experts, device=view_logits.device)
+    buffer, started = torch.zeros_like(a), torch.zeros(num, dtype=torch.bool, device=a.device)
+    active, epochs_run = [len(idx) > 0 for idx in subsets], [0] * num
+    losses: list[list[float]] = [[] for _ in range(num)]
+    chunk = max(1, max_cells // max(1, batch * experts * view_logits.shape[4]))
+    for epoch in range(int(settings["epochs"])):
+        pair = view_logits[epoch % view_logits.shape[0]]
+        orders = [saved_view_order(idx.to(a.device), epoch) for idx in subsets]
+        totals = torch.zeros(num, dtype=torch.float64, device=a.device)
+        steps = max([math.ceil(len(o) / batch) for o, on in zip(orders, active) if on] or [0])
+        width = max([math.ceil(len(o) / batch) for o in orders] or [1]) * batch
+        padded = torch.full((num, max(width, batch)), -1, dtype=torch.long, device=a.device)
+        for p, order in enumerate(orders):  # every test set's epoch order, padded with -1
+            padded[p, :len(order)] = order
+        for step in range(steps):
+            live = [p for p in range(num) if active[p] and step * batch < len(orders[p])]
+            for start in range(0, len(live), chunk):
+                part = live[start:start + chunk]
+                rows = padded[part, step * batch:(step + 1) * batch]
+                mask = rows >= 0
+                view1, view2 = pair[0, rows.clamp_min(0)].float(), pair[1, rows.clamp_min(0)].float()
+                index = torch.tensor(part, device=a.device)
+                params = a[index].clone().requires_grad_(True)
+                loss = batched_stability_loss(view1, view2, mask, F.softmax(params, dim=1), entropy)
+                (grad,) = torch.autograd.grad(loss.sum(), params)
+                d = grad + decay * a[index]
+                if momentum:
+                    fresh = ~started[index]
+                    buf = torch.where(fresh[:, None], d, momentum * buffer[index] + d)
+                    buffer[index], started[index] = buf, True
+                    d = d + momentum * buf if nesterov else buf
+                a[index] = a[index] - lr * d
+                totals[index] += loss.detach().double() * mask.sum(dim=1).double()
+        for p in range(num):
+            if active[p]:
+                epochs_run[p] = epoch + 1
+                losses[p].append(float(totals[p]) / max(len(orders[p]), 1))
+                if bool((torch.round(F.softmax(a[p], dim=0), decimals=2) < settings["stop_below"]).any()):
+                    active[p] = False
+    return [AggregationResult(F.softmax(a[p], dim=0) if len(subsets[p]) else torch.full((experts,), 1.0 / experts),
+                              epochs_run[p], losses[p]) for p in range(num)]
+
+
 @AGGREGATIONS.register("sade")
 def sade_aggregation(context: AggregationContext) -> dict[str, torch.Tensor]:
     """Expert weights learned on each test prior's unlabeled images (printed per prior). The views are new
-    augmentations of the images, so this procedure runs the model itself rather than reusing the collected logits."""
+    augmentations of the images, so this procedure runs the model itself rather than reusing the collected logits;
+    from saved view logits (``context.view_logits``) it learns on those instead."""
     run, data, weights = context.run, context.data, {}
+    quiet = bool(getattr(run, "quiet", False))
+    from_views = (dict(zip(context.subsets, learn_weights_from_views(context.view_logits, list(context.subsets.values()),
+                                                                     context.settings)))
+                  if context.view_logits is not None else {})
     for prior, idx in context.subsets.items():
-        result = learn_weights_on_images(run.model, data.test_loader, idx, run.config, context.settings)
+        if context.view_logits is not None:
+            result = from_views[prior]
+        else:
+            result = learn_weights_on_images(run.model, data.test_loader, idx, run.config, context.settings)
         weights[prior] = result.weights
-        print(f"{run.label} {prior}: expert weights {', '.join(f'{w:.3f}' for w in result.weights.tolist())} "
-              f"after {result.epochs_run} epoch(s)")
+        if not quiet:
+            print(f"{run.label} {prior}: expert weights {', '.join(f'{w:.3f}' for w in result.weights.tolist())} "
+                  f"after {result.epochs_run} epoch(s)")
     return weights
+
+
+sade_aggregation.collect_views = collect_view_logits  # type: ignore[attr-defined]
 
 
 @AGGREGATIONS.register("sade_online")

@@ -94,3 +94,30 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if len(finite) < 2:
         return mean, 0.0
     return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+
+
+def classwise_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15) -> float:
+    """Classwise ECE (percent; Kull et al., NeurIPS 2019): for every class c, the probabilities p_c of all samples
+    in equal-width bins, sum_b n_b / N |mean p_c - fraction of y = c| in bin b; averaged over classes."""
+    n, num_classes = probs.shape
+    p = probs.double().clamp(0, 1)
+    bins = (p * n_bins).ceil().long().clamp(1, n_bins) - 1  # (lower, upper] bins; 0 goes to the first
+    onehot = torch.nn.functional.one_hot(target, num_classes).double()
+    offsets = (bins + n_bins * torch.arange(num_classes, device=p.device)).flatten()
+    count = torch.bincount(offsets, minlength=n_bins * num_classes).double()
+    prob_sum = torch.bincount(offsets, weights=p.flatten(), minlength=n_bins * num_classes)
+    hit_sum = torch.bincount(offsets, weights=onehot.flatten(), minlength=n_bins * num_classes)
+    gaps = (prob_sum - hit_sum).abs() / max(n, 1)  # n_b / N * |mean p - frequency| = |sum p - sum hits| / N
+    return 100.0 * float(gaps.view(num_classes, n_bins).sum(dim=1).mean())
+
+
+def reliability_bins(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15) -> dict[str, list[float]]:
+    """Per equal-width confidence bin (lower, upper]: sample count, accuracy and mean confidence of the top-1
+    prediction (a reliability diagram's data)."""
+    confidence, pred = probs.double().max(dim=1)
+    bins = (confidence * n_bins).ceil().long().clamp(1, n_bins) - 1
+    count = torch.bincount(bins, minlength=n_bins).double()
+    hits = torch.bincount(bins, weights=(pred == target).double(), minlength=n_bins)
+    conf = torch.bincount(bins, weights=confidence, minlength=n_bins)
+    safe = count.clamp_min(1)
+    return {"count": count.tolist(), "accuracy": (hits / safe).tolist(), "confidence": (conf / safe).tolist()}

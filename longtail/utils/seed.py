@@ -24,6 +24,10 @@ class Stream(enum.IntEnum):
     VIEW1 = 22             # test-time views: first view
     VIEW2 = 23             # test-time views: second view
     CALIBRATION_ORDER = 31  # order of cached logits in a calibration stage
+    LOSS_DRAWS = 41        # a loss's own random draws (e.g. target priors sampled for training)
+    LOSS_ORDER = 42        # per-epoch order of a loss's pre-drawn samples
+    TEST_PRIOR = 51        # sampled test priors (Dirichlet, tweak-one) and their image subsets
+    TEST_TIME_ORDER = 52   # batch order of a test-time procedure run on saved view logits
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -13,7 +13,7 @@ import pandas as pd
 GROUPS = ("many", "medium", "few", "all")
 ID_COLUMNS = ("checkpoint", "run", "seed", "method")
 # metrics where smaller is better (bold marks the minimum of their columns)
-LOWER_IS_BETTER = {"ece", "mce", "nll", "brier", "prior_tv", "mmacs", "mmacs_all_experts", "experts_mean"}
+LOWER_IS_BETTER = {"ece", "mce", "cw_ece", "nll", "brier", "prior_tv", "prior_js", "spread", "mmacs", "mmacs_all_experts", "experts_mean"}
 
 
 def write_csv(rows: Iterable[dict[str, Any]] | pd.DataFrame, path: str | Path) -> Path:

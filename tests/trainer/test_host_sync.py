@@ -94,6 +94,7 @@ VIT_ADAPTERS = {"type": "timm", "args": {"model_name": "test_vit", "pretrained":
     ("configs/cifar100_ir100/balpoe_long.json", {}),                           # AutoAugment
     ("configs/cifar100_ir100/ride.json", {}),                                  # RIDE loss (diversity, DRW)
     ("configs/cifar100_ir100/sade.json", {}),
+    ("configs/cifar100_ir100/dirmixe.json", {"loss.args.variance_start": 0.0}),  # semi-variance regulariser on
     ("configs/cifar100_ir100/ldam_drw.json", {"loss.args.reweight_epoch": 0}),  # deferred re-weighting active
     ("configs/fmnist_ir100/balpoe.json", {"trainer.amp": "bf16"}),
     ("configs/fmnist_ir100/balpoe.json", {"trainer.amp": "fp16"}),            # GradScaler with a fused SGD
