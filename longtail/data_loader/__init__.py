@@ -1,2 +1,2 @@
 """Data layer: LT data sets, class-count profiles, batch augmentation, samplers and loaders (importing registers them)."""
-from longtail.data_loader import augment, datasets, image_lists, image_loader, image_transforms, loader, subsets, views  # noqa: F401
+from longtail.data_loader import augment, datasets, image_lists, image_loader, image_transforms, loader, multiview, subsets, views  # noqa: F401

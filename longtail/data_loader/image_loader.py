@@ -9,7 +9,7 @@ Limits: bit-exactness also needs the same PIL/torchvision versions (resampling c
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -22,11 +22,17 @@ from longtail.data_loader.image_lists import ImageListDataset
 from longtail.data_loader.image_transforms import ImageTransform, eval_transform
 from longtail.registry import IMAGE_AUGMENTS
 from longtail.data_loader.loader import BatchLoader
+from longtail.data_loader.multiview import MultiViewTransform, num_views, stack_views
 from longtail.registry import LOADERS
 from longtail.utils.errors import ConfigError
 from longtail.utils.seed import Stream, derive_seed
 
 SampleKey = tuple[int, int, int]  # (index in the data set, epoch, position in the global epoch order)
+
+
+def as_tensor(image: Any) -> torch.Tensor:
+    """A transformed PIL image as uint8 CHW, or the k views of a multi-view transform as (k, C, H, W)."""
+    return torch.stack([pil_to_tensor(v) for v in image]) if isinstance(image, list) else pil_to_tensor(image)
 
 
 class SampleReader(Dataset):
@@ -44,7 +50,7 @@ class SampleReader(Dataset):
         with torch.random.fork_rng(devices=[]):  # never disturb the caller's global generator (num_workers=0)
             torch.manual_seed(derive_seed(self.seed, epoch, position, Stream.AUGMENT))
             image = self.transform(image)
-        return pil_to_tensor(image), int(self.dataset.targets[index])
+        return as_tensor(image), int(self.dataset.targets[index])
 
 
 class EncodedReader(Dataset):
@@ -132,6 +138,8 @@ class ImageListLoader(BatchLoader):
         if decode not in DECODE_MODES:
             raise ConfigError(f"data_loader.args.decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
         self.transform = augment or eval_transform(dataset.resize_size, dataset.image_size)
+        if isinstance(self.transform, MultiViewTransform):  # "none" views are the test transform
+            self.transform.fallback = eval_transform(dataset.resize_size, dataset.image_size)
         # decode "device": workers read bytes and draw parameters; JPEGs are decoded and transformed on ``device``
         self.plan = device_plan(augment, dataset.resize_size, dataset.image_size) if decode == "device" else None
         self.num_workers, self._device = num_workers, torch.device(device)
@@ -142,6 +150,11 @@ class ImageListLoader(BatchLoader):
     def device(self) -> torch.device:
         """Device the normalised batches are produced on."""
         return self._device
+
+    @property
+    def views(self) -> int:
+        """Augmented copies of every image in a training batch (a ``multi_view`` transform makes k > 1)."""
+        return num_views(self.transform)
 
     def torch_loader(self) -> DataLoader:
         """The persistent DataLoader (workers survive between epochs; seeded; pinned memory on CUDA)."""
@@ -180,5 +193,7 @@ class ImageListLoader(BatchLoader):
                 images = decode_batch([(data, encoded) for data, encoded, _, _ in batch], self.plan,
                                       [params for _, _, params, _ in batch], self.device)
                 targets = torch.tensor([target for *_, target in batch])
+            if images.dim() == 5:  # (B, k, C, H, W): k views per image, stacked view by view (multiview.py)
+                images, targets = stack_views(images, targets)
             yield (normalize(images, self.dataset.mean, self.dataset.std, self.channels_last),
                    targets.to(self.device, non_blocking=True))
