@@ -97,6 +97,11 @@ def assert_no_sync_per_step(trainer: Trainer, monkeypatch: pytest.MonkeyPatch, s
     # the per-step hooks: weight EMA after the update, gradient clipping after backward (fp16: unscaled first)
     ("configs/fmnist_ir100/balpoe.json", {"ema": {"decay": 0.99, "warmup": True}, "grad_clip": {"max_norm": 1.0}}),
     ("configs/fmnist_ir100/balpoe.json", {"trainer.amp": "fp16", "grad_clip": {"max_norm": 1.0}}),
+    # multi-view losses (two / three views of every image), the projection branch, independent and fused experts
+    ("configs/fmnist_ir100/ncl.json", {}),
+    ("configs/fmnist_ir100/mdcs.json", {}),
+    ("configs/fmnist_ir100/bcl.json", {}),
+    ("configs/fmnist_ir100/shike.json", {}),
 ])
 def test_no_host_sync_per_training_step(config, overrides, monkeypatch):
     trainer = trainer_for(config, **{"data_loader.args.batch_size": 16, **overrides})

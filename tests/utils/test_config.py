@@ -41,11 +41,12 @@ def test_every_shipped_config_loads_builds_and_runs_a_step(path):
     built = build_without_data(config)
     model = built["model"]
     c, h, w = built["image_shape"]
-    x = torch.randn(2, c, min(h, 64), min(w, 64))  # global-pooling backbones take any size; 224 px is slow on CPU
+    views = getattr(built["criterion"], "num_views", 1)  # a multi-view loss reads k views of every image, view by view
+    x = torch.randn(2 * views, c, min(h, 64), min(w, 64))  # global-pooling backbones take any size; 224 px is slow on CPU
     out = model(x)
     if "teacher_output" in built["criterion"].extra_inputs:  # stand-in teacher: the real one is built from distill.checkpoint
         out["teacher_output"] = out["output"].detach() + torch.randn_like(out["output"])
-    loss = compute_loss(built["criterion"], out, torch.tensor([0, 1])).total
+    loss = compute_loss(built["criterion"], out, torch.tensor([0, 1]).repeat(views)).total
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
