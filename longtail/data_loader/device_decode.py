@@ -5,8 +5,9 @@ the whole batch with ``torchvision.io.decode_jpeg(..., device=...)`` (nvJPEG on 
 colour-jitters each image there. The parameters are drawn with the same calls, in the same order and under the
 same per-sample seed as the PIL transform they replace, so both paths take the same crop, flip and jitter factors
 for a sample; the pixels differ only by the resampling and rounding of the tensor kernels. Supported: the
-``imagenet`` recipe (random resized crop, flip, colour jitter without hue) and the test transform (resize +
-centre crop). RandAugment and SADE's views stay on the PIL path. Files that are not JPEG (a few PNGs or CMYK
+``imagenet`` recipe (random resized crop, flip, colour jitter without hue), the test transform (resize +
+centre crop) and ``multi_view`` transforms made of these (each view has its own plan; the JPEG is decoded once).
+RandAugment and SADE's views stay on the PIL path. Files that are not JPEG (a few PNGs or CMYK
 JPEGs in some data sets) are decoded by PIL in the worker and only copied to the device.
 """
 from __future__ import annotations
