@@ -27,6 +27,7 @@ from longtail.data_loader.datasets import dataset_info, synthetic_dataset
 from longtail.data_loader.factory import (DataBundle, build_augment, build_data, input_spec, loader_kind,
                                           split_loader_args)
 from longtail.data_loader.loader import BatchLoader
+from longtail.data_loader.multiview import MultiViewAugment, num_views
 from longtail.core.logits import collect_logits
 from longtail.cli.common import add_set_argument, run_tool, set_overrides
 from longtail.core.build import resolve, stage_class
@@ -64,7 +65,9 @@ def synthetic_bundle(config: dict[str, Any], device: torch.device) -> DataBundle
         train, test = train.with_input(spec), test.with_input(spec)
     channels_last = config["trainer"]["channels_last"]
     kind = loader_kind(name, dataset_args)
-    augment = build_augment(kind, loader_args, train.image_shape[-1]) if kind == train.loader_kind else None
+    augment = build_augment(kind, loader_args, train.image_shape[-1])
+    if kind != train.loader_kind:  # per-image transforms do not apply to tensors: keep only the number of views
+        augment = MultiViewAugment([None] * num_views(augment)) if num_views(augment) > 1 else None
     return DataBundle(train, test,
                       BatchLoader(train, loader_args.get("batch_size", 128), "random", augment, config["seed"], False, channels_last),
                       BatchLoader(test, config["evaluation"]["test_batch_size"], "sequential", None, 0, False, channels_last))

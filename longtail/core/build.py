@@ -151,6 +151,15 @@ def check_loss_inputs(criterion: nn.Module, net: nn.Module, sections: Sequence[S
                               "that consumes it")
 
 
+def check_loss_views(criterion: nn.Module, views: int) -> None:
+    """A loss that reads k > 1 views of every image needs a training augmentation that makes exactly k views."""
+    wanted = int(getattr(criterion, "num_views", 1))
+    if wanted > 1 and wanted != views:
+        raise ConfigError(f"loss {type(criterion).__name__} compares {wanted} augmented views of every image but the "
+                          f"training augmentation (data_loader.args.augment) makes {views}; use "
+                          f"{{\"type\": \"multi_view\", \"args\": {{\"views\": [...{wanted} augmentation blocks]}}}}")
+
+
 def parameter_groups(net: nn.Module, group_lr: dict[str, float]) -> list[dict[str, Any]]:
     """Trainable parameters split by name prefix into groups with their own learning rate (rest: optimizer.args.lr).
 
@@ -332,6 +341,7 @@ def build_without_data(config: dict[str, Any]) -> dict[str, Any]:
     stage_class(config).validate_config(config)
     optimizer = build_optimizer(config, net)
     augment = build_augment(info.get("loader", "tensor"), loader_args, info["image_shape"][-1])
+    check_loss_views(criterion, int(getattr(augment, "num_views", 1)))
     return {"model": net, "criterion": criterion, "optimizer": optimizer, "scheduler": build_scheduler(config, optimizer),
             "combiner": build_combiner(config), "augment": augment, "image_shape": shape,
             "cls_num_list": counts, "sections": sections}

@@ -71,9 +71,12 @@ def hold_lr_as_tensor(optimizer: torch.optim.Optimizer, as_tensor: bool) -> None
             group["lr"] = float(lr)
 
 
-def warmup_step_factor(epoch: int, step1: int, step2: int, gamma: float, warmup_epoch: int) -> float:
+def warmup_step_factor(epoch: int, step1: int, step2: int, gamma: float, warmup_epoch: int,
+                       step3: int | None = None) -> float:
     """LR factor of the reference CustomLR for 0-based scheduler epoch ``epoch`` (trainer epoch t uses f(t-1))."""
-    if epoch >= step2:
+    if step3 is not None and epoch >= step3:
+        factor = gamma ** 3
+    elif epoch >= step2:
         factor = gamma * gamma
     elif epoch >= step1:
         factor = gamma
@@ -86,10 +89,11 @@ def warmup_step_factor(epoch: int, step1: int, step2: int, gamma: float, warmup_
 
 @SCHEDULERS.register("warmup_step")
 def warmup_step(optimizer: torch.optim.Optimizer, step1: int, step2: int, gamma: float = 0.1,
-                warmup_epoch: int = 5) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_epoch`` epochs, then x gamma from epoch step1+1 and x gamma^2 from step2+1."""
+                warmup_epoch: int = 5, step3: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_epoch`` epochs, then x gamma from epoch step1+1, x gamma^2 from step2+1 (and
+    x gamma^3 from step3+1 when given, as the reference CustomLR's optional third step)."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: warmup_step_factor(e, step1, step2, gamma, warmup_epoch))
+        optimizer, lambda e: warmup_step_factor(e, step1, step2, gamma, warmup_epoch, step3))
 
 
 def warmup_cosine_factor(epoch: int, t_max: int, warmup_epoch: int, eta_min_ratio: float) -> float:

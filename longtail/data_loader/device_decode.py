@@ -5,8 +5,9 @@ the whole batch with ``torchvision.io.decode_jpeg(..., device=...)`` (nvJPEG on 
 colour-jitters each image there. The parameters are drawn with the same calls, in the same order and under the
 same per-sample seed as the PIL transform they replace, so both paths take the same crop, flip and jitter factors
 for a sample; the pixels differ only by the resampling and rounding of the tensor kernels. Supported: the
-``imagenet`` recipe (random resized crop, flip, colour jitter without hue) and the test transform (resize +
-centre crop). RandAugment and SADE's views stay on the PIL path. Files that are not JPEG (a few PNGs or CMYK
+``imagenet`` recipe (random resized crop, flip, colour jitter without hue), the test transform (resize +
+centre crop) and ``multi_view`` transforms made of these (each view has its own plan; the JPEG is decoded once).
+RandAugment and SADE's views stay on the PIL path. Files that are not JPEG (a few PNGs or CMYK
 JPEGs in some data sets) are decoded by PIL in the worker and only copied to the device.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from longtail.data_loader.multiview import MultiViewTransform
 from longtail.utils.errors import ConfigError
 
 # torchvision 0.29 deprecates torchvision.io's codecs in favour of TorchCodec; they are what this path is built on
@@ -79,16 +81,35 @@ class DevicePlan:
         return image
 
 
+@dataclass(frozen=True)
+class MultiViewPlan:
+    """Device plans of a ``multi_view`` transform: the image is decoded once and every view is made from it."""
+
+    plans: tuple[DevicePlan, ...]
+
+    def draw(self, width: int, height: int) -> list[list[float]]:
+        """Each view's parameters, drawn one after the other as the PIL multi-view transform draws them."""
+        return [plan.draw(width, height) for plan in self.plans]
+
+    def apply(self, image: torch.Tensor, params: Sequence[Sequence[float]]) -> torch.Tensor:
+        """The k views (k, C, H, W) of one decoded image."""
+        return torch.stack([plan.apply(image, p) for plan, p in zip(self.plans, params)])
+
+
 def _or(factor: float | None) -> float:
     """A jitter factor, or -1 for an op that is off (ColorJitter skips it)."""
     return -1.0 if factor is None else float(factor)
 
 
-def device_plan(transform: Any, resize_size: int, image_size: int, interpolation: str = "bilinear") -> DevicePlan:
+def device_plan(transform: Any, resize_size: int, image_size: int, interpolation: str = "bilinear"
+                ) -> DevicePlan | MultiViewPlan:
     """The device plan equivalent to a training transform built by IMAGE_AUGMENTS (or the test transform when
-    ``transform`` is None); anything else cannot be decoded on the device and is named."""
+    ``transform`` is None; one plan per view of a multi-view transform); anything else cannot be decoded on the
+    device and is named."""
     if transform is None:
         return DevicePlan(size=image_size, resize=resize_size, interpolation=interpolation)
+    if isinstance(transform, MultiViewTransform):
+        return MultiViewPlan(tuple(device_plan(view, resize_size, image_size, interpolation) for view in transform.views))
     steps = list(getattr(transform, "transforms", [transform]))
     crop = steps.pop(0) if steps and isinstance(steps[0], T.RandomResizedCrop) else None
     flip = steps.pop(0) if steps and isinstance(steps[0], T.RandomHorizontalFlip) else None
@@ -118,7 +139,7 @@ def keep_list(batch: list) -> list:
     return batch
 
 
-def decode_batch(items: Sequence[tuple[torch.Tensor, bool]], plan: DevicePlan, params: Sequence[Sequence[float]],
+def decode_batch(items: Sequence[tuple[torch.Tensor, bool]], plan: DevicePlan | MultiViewPlan, params: Sequence[Any],
                  device: torch.device) -> torch.Tensor:
     """Decode a batch's JPEGs on ``device`` in one call, transform every image there and stack them (uint8 NCHW)."""
     jpegs = [data for data, encoded in items if encoded]

@@ -21,12 +21,18 @@ from longtail.data_loader.image_lists import ImageListDataset
 from longtail.data_loader.image_transforms import ImageTransform, eval_transform
 from longtail.registry import IMAGE_AUGMENTS
 from longtail.data_loader.loader import BatchLoader
+from longtail.data_loader.multiview import MultiViewTransform, num_views, stack_views
 from longtail.registry import LOADERS
 from longtail.utils.errors import ConfigError
 from longtail.utils.seed import Stream, derive_seed
 from longtail.utils.signals import ignore_stop_signals
 
 SampleKey = tuple[int, int, int]  # (index in the data set, epoch, position in the global epoch order)
+
+
+def as_tensor(image: Any) -> torch.Tensor:
+    """A transformed PIL image as uint8 CHW, or its views (training multi_view or test-time views) as (k, C, H, W)."""
+    return torch.stack([pil_to_tensor(v) for v in image]) if isinstance(image, (list, tuple)) else pil_to_tensor(image)
 
 
 class SampleReader(Dataset):
@@ -44,9 +50,7 @@ class SampleReader(Dataset):
         with torch.random.fork_rng(devices=[]):  # never disturb the caller's global generator (num_workers=0)
             torch.manual_seed(derive_seed(self.seed, epoch, position, Stream.AUGMENT))
             image = self.transform(image)
-        if isinstance(image, (list, tuple)):  # test-time views: (V, C, H, W)
-            return torch.stack([pil_to_tensor(view) for view in image]), int(self.dataset.targets[index])
-        return pil_to_tensor(image), int(self.dataset.targets[index])
+        return as_tensor(image), int(self.dataset.targets[index])
 
 
 class EncodedReader(Dataset):
@@ -139,6 +143,8 @@ class ImageListLoader(BatchLoader):
             raise ConfigError("evaluation.views other than 'center' need the PIL test path (data_loader.args.decode 'pil')")
         self.transform = augment or (views.pil(dataset) if views is not None else
                                      eval_transform(dataset.resize_size, dataset.image_size, dataset.interpolation))
+        if isinstance(self.transform, MultiViewTransform):  # "none" views are the test transform
+            self.transform.fallback = eval_transform(dataset.resize_size, dataset.image_size, dataset.interpolation)
         # decode "device": workers read bytes and draw parameters; JPEGs are decoded and transformed on ``device``
         self.plan = device_plan(augment, dataset.resize_size, dataset.image_size, dataset.interpolation) \
             if decode == "device" else None
@@ -150,6 +156,11 @@ class ImageListLoader(BatchLoader):
     def device(self) -> torch.device:
         """Device the normalised batches are produced on."""
         return self._device
+
+    @property
+    def train_views(self) -> int:
+        """Augmented copies of every image in a training batch (a ``multi_view`` transform makes k > 1)."""
+        return num_views(self.transform)
 
     def torch_loader(self) -> DataLoader:
         """The persistent DataLoader (workers survive between epochs; seeded; pinned memory on CUDA)."""
@@ -184,10 +195,12 @@ class ImageListLoader(BatchLoader):
             if self.plan is None:
                 images, targets = batch
                 images = images.to(self.device, non_blocking=True)
-                if images.dim() == 5:  # test-time views: the views of an image consecutive
-                    images = images.flatten(0, 1)
             else:
                 images = decode_batch([(data, encoded) for data, encoded, _, _ in batch], self.plan,
                                       [params for _, _, params, _ in batch], self.device)
                 targets = torch.tensor([target for *_, target in batch])
+            if images.dim() == 5 and self.train_views > 1:  # (B, k, C, H, W): k training views, stacked view by view
+                images, targets = stack_views(images, targets)
+            elif images.dim() == 5:  # test-time views (evaluation.views): the views of an image consecutive
+                images = images.flatten(0, 1)
             yield (self.dataset.model_input(images, self.channels_last), targets.to(self.device, non_blocking=True))

@@ -9,6 +9,7 @@ import torch
 from longtail.data_loader.augment import BatchAugment
 from longtail.registry import AUGMENTS
 from longtail.data_loader.datasets import ImageTensorDataset
+from longtail.data_loader.multiview import num_views
 from longtail.registry import SAMPLERS, LOADERS
 from longtail.utils.seed import Stream, torch_generator
 
@@ -73,6 +74,11 @@ class BatchLoader:
         return self.dataset.images.device
 
     @property
+    def train_views(self) -> int:
+        """Augmented copies of every image in a training batch (a ``multi_view`` augmentation makes k > 1)."""
+        return num_views(self.augment)
+
+    @property
     def samples_per_rank(self) -> int:
         """Number of samples this rank sees per epoch (before limit_batches)."""
         return math.ceil(len(self.dataset) / self.world_size)
@@ -100,6 +106,8 @@ class BatchLoader:
             images, targets = self.dataset.images[idx], self.dataset.targets[idx]
             if self.augment is not None:
                 images = self.augment(images, torch_generator(device, self.seed, epoch, step, Stream.AUGMENT, *rank_key))
+            if self.train_views > 1:  # k views of every image, stacked view by view: the targets follow (multiview.py)
+                targets = targets.repeat(self.train_views)
             yield self.dataset.model_input(images, self.channels_last, train=self.augment is not None,
                                            views=self.views), targets
 

@@ -46,15 +46,15 @@ class CifarBasicBlock(nn.Module):
 
 
 class Stem(nn.Module):
-    """3x3 conv -> BN -> ReLU on the input image."""
+    """3x3 conv -> BN -> ReLU on the input image (one per expert when the experts share nothing)."""
 
-    def __init__(self, in_channels: int, width: int) -> None:
+    def __init__(self, in_channels: int, width: int, num_experts: int = 1) -> None:
         super().__init__()
-        self.conv = ExpertConv2d(1, in_channels, width, 3, 1, 1)
-        self.bn = ExpertBatchNorm2d(1, width)
+        self.conv = ExpertConv2d(num_experts, in_channels, width, 3, 1, 1)
+        self.bn = ExpertBatchNorm2d(num_experts, width)
 
     def forward(self, x: torch.Tensor, expert: int | None = None) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)), inplace=True)
+        return F.relu(self.bn(self.conv(x, expert), expert), inplace=True)
 
 
 def make_stage(num_experts: int, in_planes: int, planes: int, blocks: int, stride: int) -> ExpertSequential:
@@ -78,15 +78,24 @@ def init_cifar_weights(model: nn.Module) -> None:
 def resnet_cifar(num_classes: int, in_channels: int = 3, depth: int = 32, num_experts: int = 1, use_norm: bool = True,
                  s: float = 30.0, reduce_dimension: bool = False, stem_width: int = 16,
                  layer2_output_dim: int | None = None, layer3_output_dim: int | None = None,
-                 batched_experts: bool = False) -> MultiExpertModel:
-    """CIFAR ResNet-(6n+2): shared stem + stage 1, per-expert stages 2-3 and heads (widths 16/32/64, reduced 16/24/48)."""
+                 batched_experts: bool = False, independent_experts: bool = False) -> MultiExpertModel:
+    """CIFAR ResNet-(6n+2): shared stem + stage 1, per-expert stages 2-3 and heads (widths 16/32/64, reduced 16/24/48).
+
+    ``independent_experts``: nothing is shared, every expert is a complete network (stem and stage 1 per expert,
+    the trunk is empty), as the separate networks of NCL."""
     if (depth - 2) % 6 or depth < 8:
         raise ValueError(f"arch.args.depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110), got {depth}")
     n = (depth - 2) // 6
     w2 = layer2_output_dim or (24 if reduce_dimension else 2 * stem_width)
     w3 = layer3_output_dim or (48 if reduce_dimension else 4 * stem_width)
-    trunk = ExpertSequential(Stem(in_channels, stem_width), *make_stage(1, stem_width, stem_width, n, 1))
-    branch = ExpertSequential(make_stage(num_experts, stem_width, w2, n, 2), make_stage(num_experts, w2, w3, n, 2))
+    late = (make_stage(num_experts, stem_width, w2, n, 2), make_stage(num_experts, w2, w3, n, 2))
+    if independent_experts:
+        trunk = ExpertSequential()
+        branch = ExpertSequential(Stem(in_channels, stem_width, num_experts),
+                                  make_stage(num_experts, stem_width, stem_width, n, 1), *late)
+    else:
+        trunk = ExpertSequential(Stem(in_channels, stem_width), *make_stage(1, stem_width, stem_width, n, 1))
+        branch = ExpertSequential(*late)
     model = MultiExpertModel(trunk, branch, w3, num_classes, num_experts, use_norm, s, batched_experts)
     init_cifar_weights(model)
     return model
@@ -95,7 +104,7 @@ def resnet_cifar(num_classes: int, in_channels: int = 3, depth: int = 32, num_ex
 @MODELS.register("resnet32")
 def resnet32(num_classes: int, in_channels: int = 3, num_experts: int = 1, use_norm: bool = True, s: float = 30.0,
              reduce_dimension: bool = False, layer2_output_dim: int | None = None, layer3_output_dim: int | None = None,
-             batched_experts: bool = False) -> MultiExpertModel:
-    """The reference CIFAR ResNet-32 (BalPoE/SADE/RIDE)."""
+             batched_experts: bool = False, independent_experts: bool = False) -> MultiExpertModel:
+    """The reference CIFAR ResNet-32 (BalPoE/SADE/RIDE; ``independent_experts``: E complete networks, NCL)."""
     return resnet_cifar(num_classes, in_channels, 32, num_experts, use_norm, s, reduce_dimension, 16,
-                        layer2_output_dim, layer3_output_dim, batched_experts)
+                        layer2_output_dim, layer3_output_dim, batched_experts, independent_experts)

@@ -104,6 +104,17 @@ class ImageNetTrunk(nn.Module):
         return x
 
 
+class ImageNetStem(nn.Module):
+    """Per-expert stem (experts that share nothing): 7x7/2 conv -> BN -> ReLU -> 3x3/2 max-pool."""
+
+    def __init__(self, num_experts: int, in_channels: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = ExpertConv2d(num_experts, in_channels, 64, 7, 2, 3), ExpertBatchNorm2d(num_experts, 64)
+
+    def forward(self, x: torch.Tensor, expert: int | None = None) -> torch.Tensor:
+        return F.max_pool2d(F.relu(self.bn1(self.conv1(x, expert), expert), inplace=True), 3, 2, 1)
+
+
 class ImageNetBranch(nn.Module):
     """Per-expert late stages (layer3 + layer4, or layer4 only when layer3 is shared)."""
 
@@ -130,10 +141,14 @@ def init_imagenet_weights(model: nn.Module) -> None:
 def imagenet_resnet(block: type[nn.Module], layers: tuple[int, int, int, int], num_classes: int, in_channels: int = 3,
                     num_experts: int = 1, use_norm: bool = True, s: float = 30.0, reduce_dimension: bool = False,
                     layer3_output_dim: int | None = None, layer4_output_dim: int | None = None, groups: int = 1,
-                    width_per_group: int = 64, share_layer3: bool = False, batched_experts: bool = False) -> MultiExpertModel:
-    """Build the multi-expert network; planes 64/128/L3/L4 with L3/L4 = 256/512 (reduced: 192/384)."""
+                    width_per_group: int = 64, share_layer3: bool = False, batched_experts: bool = False,
+                    independent_experts: bool = False) -> MultiExpertModel:
+    """Build the multi-expert network; planes 64/128/L3/L4 with L3/L4 = 256/512 (reduced: 192/384).
+    ``independent_experts``: nothing shared (stem, layer1 and layer2 per expert too; the trunk is empty)."""
     l3 = layer3_output_dim or (192 if reduce_dimension else 256)
     l4 = layer4_output_dim or (384 if reduce_dimension else 512)
+    if independent_experts and share_layer3:
+        raise ValueError("arch.args.independent_experts and share_layer3 exclude each other")
     conv1 = ExpertConv2d(1, in_channels, 64, 7, 2, 3)
     bn1 = ExpertBatchNorm2d(1, 64)
     exp = block.expansion
@@ -142,7 +157,13 @@ def imagenet_resnet(block: type[nn.Module], layers: tuple[int, int, int, int], n
     layer3_experts = 1 if share_layer3 else num_experts
     layer3 = make_layer(block, layer3_experts, 128 * exp, l3, layers[2], 2, groups, width_per_group)
     layer4 = make_layer(block, num_experts, l3 * exp, l4, layers[3], 2, groups, width_per_group)
-    if share_layer3:
+    if independent_experts:
+        early = {"layer1": make_layer(block, num_experts, 64, 64, layers[0], 1, groups, width_per_group),
+                 "layer2": make_layer(block, num_experts, 64 * exp, 128, layers[1], 2, groups, width_per_group)}
+        trunk = ExpertSequential()
+        branch = ImageNetBranch({"stem": ImageNetStem(num_experts, in_channels), **early, "layer3": layer3,
+                                 "layer4": layer4})
+    elif share_layer3:
         trunk, branch = ImageNetTrunk(conv1, bn1, {**shared, "layer3": layer3}), ImageNetBranch({"layer4": layer4})
     else:
         trunk, branch = ImageNetTrunk(conv1, bn1, shared), ImageNetBranch({"layer3": layer3, "layer4": layer4})
@@ -158,14 +179,15 @@ def _register(name: str, block: type[nn.Module], layers: tuple[int, int, int, in
     def build(num_classes: int, in_channels: int = 3, num_experts: int = 1, use_norm: bool = True, s: float = 30.0,
               reduce_dimension: bool = False, layer3_output_dim: int | None = None,
               layer4_output_dim: int | None = None, share_layer3: bool = False,
-              batched_experts: bool = False) -> MultiExpertModel:
+              batched_experts: bool = False, independent_experts: bool = False) -> MultiExpertModel:
         return imagenet_resnet(block, layers, num_classes, in_channels, num_experts, use_norm, s, reduce_dimension,
-                               layer3_output_dim, layer4_output_dim, groups, width_per_group, share_layer3, batched_experts)
+                               layer3_output_dim, layer4_output_dim, groups, width_per_group, share_layer3, batched_experts,
+                               independent_experts)
 
     kind = f"ResNeXt ({groups}x{width_per_group}d)" if groups > 1 else "ResNet"
     build.__name__ = name
     build.__doc__ = (f"{kind} {block.__name__} {list(layers)}: shared stem + layer1-2, per-expert layer3-4 and heads "
-                     "(reduce_dimension: layer3/4 planes 192/384).")
+                     "(reduce_dimension: layer3/4 planes 192/384; independent_experts: E complete networks).")
     MODELS.register(name)(build)
 
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 from longtail.data_loader.factory import DataBundle, build_data
 from longtail.core.logits import masks_for, validation_metrics
 from longtail.core.build import (build_combiner, build_criterion, build_model, build_optimizer, build_scheduler,
-                           check_loss_inputs, num_experts_of)
+                           check_loss_inputs, check_loss_views, num_experts_of)
 from longtail.trainer.feature_cache import cached_training
 from longtail.trainer.distributed import any_rank, barrier, convert_sync_batchnorm, sum_over_ranks, wrap_ddp
 from longtail.core.hooks import BuildContext, StepContext, build_sections, overriding
@@ -139,6 +139,7 @@ class Trainer(Stage):
         self.num_experts = num_experts_of(self.model)
         self.criterion = build_criterion(config, self.cls_num_list, self.num_experts).to(device)
         check_loss_inputs(self.criterion, self.model, self.sections)
+        check_loss_views(self.criterion, self.data.train_loader.train_views)
         self.optimizer = build_optimizer(config, self.model, prefer_fused=self.amp == "fp16")
         self.scaler = torch.amp.GradScaler(device.type) if self.amp == "fp16" else None
         options = compile_options(self.cfg_trainer["compile"])

@@ -104,7 +104,6 @@ def classwise_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bin
     bins = (p * n_bins).ceil().long().clamp(1, n_bins) - 1  # (lower, upper] bins; 0 goes to the first
     onehot = torch.nn.functional.one_hot(target, num_classes).double()
     offsets = (bins + n_bins * torch.arange(num_classes, device=p.device)).flatten()
-    count = torch.bincount(offsets, minlength=n_bins * num_classes).double()
     prob_sum = torch.bincount(offsets, weights=p.flatten(), minlength=n_bins * num_classes)
     hit_sum = torch.bincount(offsets, weights=onehot.flatten(), minlength=n_bins * num_classes)
     gaps = (prob_sum - hit_sum).abs() / max(n, 1)  # n_b / N * |mean p - frequency| = |sum p - sum hits| / N

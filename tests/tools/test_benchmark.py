@@ -130,3 +130,17 @@ def test_data_throughput_prints_both_layouts_per_core_with_the_cpu_model(capsys)
     assert re.search(r"^CPU: .+\(6 JPEGs of 40x30, augment none", out, re.M)
     rates = [float(x) for x in re.findall(r"([0-9.]+) images/s per core", out)]
     assert len(rates) == 2 and all(rate > 0 for rate in rates)
+
+
+@pytest.mark.slow
+def test_synthetic_data_of_an_image_list_config_keeps_its_number_of_views() -> None:
+    """An image-file multi-view config (MDCS on ImageNet-LT, two views) benchmarks on synthetic tensors with the same
+    two (un-augmented) views, so the loss gets the k*B rows it reads; single-view configs stay un-augmented."""
+    mdcs = resolve(load_config(ROOT / "configs/imagenet_lt/mdcs_resnext50.json"))
+    loader = synthetic_bundle(mdcs, torch.device("cpu")).train_loader
+    assert loader.train_views == 2
+    images, targets = next(loader.batches(1))
+    assert images.shape[0] == targets.shape[0] == 2 * min(loader.batch_size, len(loader.dataset))
+    assert torch.equal(images[: len(images) // 2], images[len(images) // 2:])  # "none" views: the same images
+    sade = resolve(load_config(ROOT / "configs/imagenet_lt/sade_resnext50.json"))
+    assert synthetic_bundle(sade, torch.device("cpu")).train_loader.augment is None

@@ -106,6 +106,11 @@ VIT_ADAPTERS = {"type": "timm", "args": {"model_name": "test_vit", "pretrained":
     ("configs/fmnist_ir100/balpoe.json", {"arch": VIT_ADAPTERS, "trainer.accumulate_steps": 2}),
     pytest.param("configs/cifar100_ir100/balpoe_standard.json", {"arch": VIT_ADAPTERS, "data_loader.args.augment": {
         "type": "resized_crop", "args": {}}}, marks=pytest.mark.slow),
+    # multi-view losses (two / three views of every image), the projection branch, independent and fused experts
+    ("configs/fmnist_ir100/ncl.json", {}),
+    ("configs/fmnist_ir100/mdcs.json", {}),
+    ("configs/fmnist_ir100/bcl.json", {}),
+    ("configs/fmnist_ir100/shike.json", {}),
 ])
 def test_no_host_sync_per_training_step(config, overrides, monkeypatch):
     trainer = trainer_for(config, **{"data_loader.args.batch_size": 16, **overrides})

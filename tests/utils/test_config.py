@@ -42,11 +42,12 @@ def test_every_shipped_config_loads_builds_and_runs_a_step(path):
     model = built["model"]
     c, h, w = built["image_shape"]
     fixed = "input" in config["data_loader"].get("args", {})  # a foundation backbone's own input size (ViT: fixed)
-    x = torch.randn(2, c, h if fixed else min(h, 64), w if fixed else min(w, 64))  # 224 px is slow on CPU
+    views = getattr(built["criterion"], "num_views", 1)  # a multi-view loss reads k views of every image, view by view
+    x = torch.randn(2 * views, c, h if fixed else min(h, 64), w if fixed else min(w, 64))  # 224 px is slow on CPU
     out = model(x)
     if "teacher_output" in built["criterion"].extra_inputs:  # stand-in teacher: the real one is built from distill.checkpoint
         out["teacher_output"] = out["output"].detach() + torch.randn_like(out["output"])
-    loss = compute_loss(built["criterion"], out, torch.tensor([0, 1])).total
+    loss = compute_loss(built["criterion"], out, torch.tensor([0, 1]).repeat(views)).total
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -4,6 +4,9 @@ A loss takes per-expert logits (B, E, C) and targets (B,) and returns :class:`Lo
 model outputs (a teacher's output, router logits) name them in ``extra_inputs``: the training step passes those
 outputs as keyword arguments, and the builder checks before any work that the model or a config section provides
 them. ``on_epoch_start(epoch)`` is called at the start of every training epoch (deferred re-weighting).
+A loss that compares several augmented views of each image (consistency, contrastive) sets ``num_views`` = k: its
+batch then holds k*B rows, view by view (data_loader/multiview.py), and the builder checks that the training
+augmentation makes exactly k views.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ class ExpertLoss(nn.Module):
     """Base class of the registered losses (docs/extending.md): buffers follow the device and are checkpointed."""
 
     extra_inputs: ClassVar[tuple[str, ...]] = ()
+    num_views: int = 1  # views of every image the loss reads from a batch (k > 1: a multi_view augmentation)
 
     def on_epoch_start(self, epoch: int) -> None:
         """Per-epoch schedule of the loss (1-based epoch); nothing by default."""
