@@ -15,7 +15,7 @@ import torch.nn as nn
 from longtail.registry import LOSSES, MODEL_EXTENSIONS, MODELS
 from longtail.core.combiner import Combiner
 from longtail.registry import COMBINERS
-from longtail.core.hooks import Section, build_sections, check_test_time_blocks, section_validators
+from longtail.core.hooks import BuildContext, Section, build_sections, check_test_time_blocks, section_validators
 from longtail.data_loader.factory import check_input_block
 from longtail.registry import SECTIONS, STAGES
 from longtail.registry import OPTIMIZERS, SCHEDULERS, TEST_VIEWS
@@ -122,6 +122,19 @@ def build_model(config: dict[str, Any], num_classes: int, in_channels: int,
         net.add_extension(key, MODEL_EXTENSIONS.get(key)(net, arch[key]))
     return net
 
+
+
+def build_model_with_sections(config: dict[str, Any], device: torch.device, data: Any, resuming: bool = False
+                              ) -> tuple[nn.Module, list[Section], BuildContext]:
+    """The model sized from the training set, on ``device``, with every configured section set up on it, and the
+    sections' build context (the one way a training loop or a stage builds its network)."""
+    ts = data.train_set
+    model = build_model(config, ts.num_classes, ts.image_shape[0], ts.cls_num_list).to(device)
+    ctx = BuildContext(config, device, ts.num_classes, ts.image_shape[0], ts.cls_num_list, resuming, data)
+    sections = build_sections(config)
+    for section in sections:
+        section.setup(model, ctx)
+    return model, sections, ctx
 
 def num_experts_of(net: nn.Module) -> int:
     """Number of experts of a (possibly wrapped) model."""

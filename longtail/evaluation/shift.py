@@ -41,7 +41,8 @@ from longtail.utils.config import config_stem, set_by_path
 from longtail.utils.errors import ConfigError, DataError, DataNotFoundError
 from longtail.utils.metrics import (accuracy_report, brier_score, calibration_errors, classwise_calibration_error,
                                     reliability_bins)
-from longtail.utils.tables import GROUPS, PaperTable, paper_table, row_labels, to_latex, to_markdown, to_text, write_csv
+from longtail.utils.tables import (GROUPS, PaperTable, paper_table, row_labels, save_figure, to_latex, to_markdown,
+                                    to_text, write_csv)
 
 ESTIMATOR_ALIASES = {"em": "estimate"}  # --estimators names -> POSTHOC entries
 SUMMARY_KEYS = ["checkpoint", "run", "seed", "method", "aggregation", "posthoc", "protocol"]
@@ -409,11 +410,7 @@ def plot_severity(results: pd.DataFrame, path: str | Path, value: str = "all") -
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_reliability(bins: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -442,11 +439,7 @@ def plot_reliability(bins: Sequence[dict[str, Any]], path: str | Path) -> Path:
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"reliability (accuracy vs confidence): {bins[0]['run'] if bins else ''}", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # ---- end to end

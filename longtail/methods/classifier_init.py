@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from longtail.core.build import build_model
-from longtail.core.hooks import BuildContext, Section, build_sections
+from longtail.core.build import build_model_with_sections
+from longtail.core.hooks import BuildContext, Section
 from longtail.data_loader.factory import build_data, plain_loader
 from longtail.registry import SECTIONS, STAGES
 from longtail.trainer.stages import Stage
@@ -140,14 +140,8 @@ class InitOnlyStage(Stage):
     def __init__(self, config: dict[str, Any], device: torch.device, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, device, *args, **kwargs)
         self.data = self.data or build_data(config, device, limit_batches=self.limit_batches)
-        ts = self.data.train_set
-        self.cls_num_list = ts.cls_num_list
-        self.model = build_model(config, ts.num_classes, ts.image_shape[0], self.cls_num_list).to(device)
-        ctx = BuildContext(config, device, ts.num_classes, ts.image_shape[0], self.cls_num_list, self.resuming,
-                           self.data)
-        self.sections = build_sections(config)
-        for section in self.sections:
-            section.setup(self.model, ctx)
+        self.cls_num_list = self.data.train_set.cls_num_list
+        self.model, self.sections, _ = build_model_with_sections(config, device, self.data, self.resuming)
         if self.resume_state is not None:
             self.restore(self.resume_state)
 

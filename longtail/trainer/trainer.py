@@ -17,11 +17,11 @@ import torch.nn as nn
 
 from longtail.data_loader.factory import DataBundle, build_data
 from longtail.core.logits import masks_for, validation_metrics
-from longtail.core.build import (build_combiner, build_criterion, build_model, build_optimizer, build_scheduler,
+from longtail.core.build import (build_combiner, build_criterion, build_model_with_sections, build_optimizer, build_scheduler,
                            check_loss_inputs, check_loss_views, num_experts_of)
 from longtail.trainer.feature_cache import cached_training
 from longtail.trainer.distributed import any_rank, barrier, convert_sync_batchnorm, sum_over_ranks, wrap_ddp
-from longtail.core.hooks import BuildContext, StepContext, build_sections, overriding
+from longtail.core.hooks import StepContext, overriding
 from longtail.registry import STAGES
 from longtail.core.optim import hold_lr_as_tensor
 from longtail.trainer.stages import Stage, StopRequest
@@ -125,13 +125,7 @@ class Trainer(Stage):
                                                         limit_val_batches=self.limit_val_batches)
         self.cls_num_list = self.data.cls_num_list
         self.masks = masks_for(self.cls_num_list, config["evaluation"])
-        ts = self.data.train_set
-        self.model = build_model(config, ts.num_classes, ts.image_shape[0], self.cls_num_list).to(device)
-        ctx = BuildContext(config, device, ts.num_classes, ts.image_shape[0], self.cls_num_list, self.resuming,
-                           self.data)
-        self.sections = build_sections(config)
-        for section in self.sections:
-            section.setup(self.model, ctx)
+        self.model, self.sections, ctx = build_model_with_sections(config, device, self.data, self.resuming)
         if self.cfg_trainer["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.cfg_trainer["sync_batchnorm"] and self.dist.is_distributed:
