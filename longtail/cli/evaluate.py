@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from longtail.evaluation.runner import EvalOptions, evaluate_priors, evaluate_uniform
 from longtail.cli.protocols import add_shift_arguments, shift_options_from_args, wants_shift
 from longtail.evaluation.shift import evaluate_shift
+from longtail.utils.device import set_threads
 from longtail.cli.common import add_method_flags, add_set_argument, method_flag_overrides, run_tool, set_overrides
 
 
@@ -39,6 +40,8 @@ def build_parser(description: str, with_priors: bool) -> argparse.ArgumentParser
     p.add_argument("--latest", action="store_true",
                    help="of several runs of one config and seed (e.g. a demo run twice), keep the most recently "
                         "written one (by default that is an error: they would be averaged as one seed)")
+    p.add_argument("--threads", type=int,
+                   help="CPU intra-op threads (default: from the free cores, as train.py; 1 beside other busy jobs)")
     add_set_argument(p, "evaluation.source_prior=train")
     if with_priors:
         p.add_argument("--posthoc_bias_correction", nargs="?", const="oracle", metavar="oracle|estimate",
@@ -64,7 +67,8 @@ def split_names(values: Sequence[str] | None) -> list[str]:
 
 
 def options_from_args(args: argparse.Namespace, tool: str, priors: Sequence[str] = ()) -> EvalOptions:
-    """The evaluation options a parsed command line asks for."""
+    """The evaluation options a parsed command line asks for (and the CPU threads it asks for, applied now)."""
+    print(set_threads(args.threads), file=sys.stderr)
     overrides: list[tuple[str, Any]] = []
     if args.data_dir:
         overrides.append(("data_loader.args.data_dir", args.data_dir))

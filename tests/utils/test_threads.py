@@ -54,3 +54,16 @@ def test_a_run_prints_its_thread_count(tmp_path, cifar10_dir):
     finally:
         torch.set_num_threads(before)
     assert "CPU threads: 1 (--threads" in (result.run_dir / "train.log").read_text()
+
+
+def test_evaluation_commands_take_threads_like_train_py(capsys):
+    """test.py / test_all_*.py --threads N sets torch's intra-op threads to N and says so on stderr."""
+    from longtail.cli.evaluate import build_parser, options_from_args
+    before = torch.get_num_threads()
+    try:
+        args = build_parser("evaluate", with_priors=True).parse_args(["-r", "x.pth", "--threads", "1"])
+        options_from_args(args, "test_all")
+        assert torch.get_num_threads() == 1
+        assert "CPU threads: 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
