@@ -330,6 +330,7 @@ def test_init_from_section_reads_original_checkpoints(checkpoint_files):
 
 
 # ------------------------------------------------------------------------------------- test_all_*.py -c CONFIG
+@pytest.mark.slow  # 11 priors of a CIFAR-100 test set: 16 s
 def test_test_all_evaluates_an_original_checkpoint_with_a_config(checkpoint_files, cifar100_dir, tmp_path, capsys):
     """``test_all_cifar.py -r ORIGINAL.pth -c CONFIG``: reads the original checkpoint without unpickling, builds the
     config's architecture, and reports the accuracy that the converted network gives on the test set."""
