@@ -17,6 +17,7 @@ from longtail.core.combiner import Combiner
 from longtail.registry import COMBINERS
 from longtail.core.hooks import BuildContext, Section, build_sections, check_test_time_blocks, section_validators
 from longtail.data_loader.factory import check_input_block
+from longtail.data_loader.multiview import num_views
 from longtail.registry import SECTIONS, STAGES
 from longtail.registry import OPTIMIZERS, SCHEDULERS, TEST_VIEWS
 from longtail.utils.checkpoint import load_checkpoint, strip_prefixes
@@ -354,7 +355,7 @@ def build_without_data(config: dict[str, Any]) -> dict[str, Any]:
     stage_class(config).validate_config(config)
     optimizer = build_optimizer(config, net)
     augment = build_augment(info.get("loader", "tensor"), loader_args, info["image_shape"][-1])
-    check_loss_views(criterion, int(getattr(augment, "num_views", 1)))
+    check_loss_views(criterion, num_views(augment))
     return {"model": net, "criterion": criterion, "optimizer": optimizer, "scheduler": build_scheduler(config, optimizer),
             "combiner": build_combiner(config), "augment": augment, "image_shape": shape,
             "cls_num_list": counts, "sections": sections}

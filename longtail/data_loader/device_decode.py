@@ -13,7 +13,6 @@ JPEGs in some data sets) are decoded by PIL in the worker and only copied to the
 from __future__ import annotations
 
 import io
-
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence

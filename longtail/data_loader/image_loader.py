@@ -141,10 +141,10 @@ class ImageListLoader(BatchLoader):
             raise ConfigError(f"data_loader.args.decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
         if views is not None and (augment is not None or decode == "device"):
             raise ConfigError("evaluation.views other than 'center' need the PIL test path (data_loader.args.decode 'pil')")
-        self.transform = augment or (views.pil(dataset) if views is not None else
-                                     eval_transform(dataset.resize_size, dataset.image_size, dataset.interpolation))
+        test_transform = eval_transform(dataset.resize_size, dataset.image_size, dataset.interpolation)
+        self.transform = augment or (views.pil(dataset) if views is not None else test_transform)
         if isinstance(self.transform, MultiViewTransform):  # "none" views are the test transform
-            self.transform.fallback = eval_transform(dataset.resize_size, dataset.image_size, dataset.interpolation)
+            self.transform.fallback = test_transform
         # decode "device": workers read bytes and draw parameters; JPEGs are decoded and transformed on ``device``
         self.plan = device_plan(augment, dataset.resize_size, dataset.image_size, dataset.interpolation) \
             if decode == "device" else None
